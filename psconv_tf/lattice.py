@@ -1,0 +1,268 @@
+"""The dilation lattice of a PSConv layer and the plan that computes it.
+
+Eq. 3 of the paper gives every kernel (filter c, input channel k) its own
+dilation rate D[c, k]. Grouping the kernels by rate turns the layer into a few
+ordinary (grouped) convolutions over fixed channel selections; `compile_plan`
+finds them once per layer, from D alone, with no kernel computed twice and no
+zero kernel computed at all.
+"""
+
+import dataclasses
+
+import numpy as np
+
+CYCLIC_MODES = ("both", "input", "output")
+LAYOUTS = ("blocked", "interleaved")
+
+
+def validate_pattern(pattern):
+    """Returns `pattern` as a tuple of positive Python ints, or raises."""
+    if isinstance(pattern, (int, np.integer)) and not isinstance(pattern, bool):
+        pattern = (pattern,)
+    try:
+        values = tuple(pattern)
+    except TypeError:
+        raise ValueError(
+            "Argument `pattern` must be a non-empty sequence of positive "
+            f"integers. Received: pattern={pattern!r}"
+        ) from None
+    if not values or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+        for v in values
+    ):
+        raise ValueError(
+            "Argument `pattern` must be a non-empty sequence of positive "
+            f"integers. Received: pattern={pattern!r}"
+        )
+    return tuple(int(v) for v in values)
+
+
+def _cycle_positions(channels, groups, period, layout, shift):
+    """Position in the dilation cycle (0 .. period-1) of every channel."""
+    per_group = channels // groups
+    local = np.arange(channels) % per_group
+    if layout == "interleaved":
+        return local % period
+    return (local // (per_group // period) + shift) % period
+
+
+def dilation_matrix(
+    in_channels,
+    filters,
+    pattern=(1, 2, 1, 4),
+    groups=1,
+    cyclic="both",
+    layout="blocked",
+    base_rate=1,
+):
+    """The dilation rate of every kernel of a PSConv layer.
+
+    Inside each group, input channel k has a cycle position a(k) and filter c
+    a cycle position b(c), both in 0 .. t-1 with t = len(pattern), and
+    - `cyclic="both"` (the paper's PSConv): D[c, k] = pattern[(a(k) - b(c)) % t]
+    - `cyclic="input"`: D[c, k] = pattern[a(k)] (rates vary along inputs only)
+    - `cyclic="output"`: D[c, k] = pattern[b(c)] (along filters only)
+    times `base_rate`. Kernels across groups do not exist: D is 0 there.
+
+    The layout decides the positions, with k and c counted inside their group:
+    - `"interleaved"`: a(k) = k % t and b(c) = c % t, so "both" is the paper's
+      D[c, k] = pattern[(k - c) % t].
+    - `"blocked"`: the channels of a group form t contiguous blocks; input
+      block j holds position (j + 1) % t and filter block j position j. This is
+      the arrangement of the official PyTorch layer, whose diagonal blocks take
+      the pattern's second rate; no channel gather is needed to compute it.
+    Both layouts define the same family of functions up to a fixed channel
+    permutation.
+
+    Args:
+        in_channels: number of input channels.
+        filters: number of output channels.
+        pattern: the rates of one cycle, t = len(pattern).
+        groups: number of channel groups, as for `Conv2D`.
+        cyclic: `"both"`, `"input"` or `"output"`.
+        layout: `"blocked"` or `"interleaved"`.
+        base_rate: an integer that multiplies every rate.
+
+    Returns:
+        An int array of shape (filters, in_channels).
+    """
+    pattern = validate_pattern(pattern)
+    if cyclic not in CYCLIC_MODES:
+        raise ValueError(
+            f"Argument `cyclic` must be one of {CYCLIC_MODES}. "
+            f"Received: cyclic={cyclic!r}"
+        )
+    if layout not in LAYOUTS:
+        raise ValueError(
+            f"Argument `layout` must be one of {LAYOUTS}. "
+            f"Received: layout={layout!r}"
+        )
+    check_channels(in_channels, filters, groups, len(pattern), cyclic)
+    period = len(pattern)
+    rates = np.asarray(pattern, dtype=np.int64) * int(base_rate)
+    blocked = layout == "blocked"
+    in_period = period if cyclic in ("both", "input") else 1
+    out_period = period if cyclic in ("both", "output") else 1
+    a = _cycle_positions(in_channels, groups, in_period, layout, int(blocked))
+    b = _cycle_positions(filters, groups, out_period, layout, 0)
+    if cyclic == "both":
+        matrix = rates[(a[None, :] - b[:, None]) % period]
+    elif cyclic == "input":
+        matrix = np.broadcast_to(rates[a][None, :], (filters, in_channels))
+    else:
+        matrix = np.broadcast_to(rates[b][:, None], (filters, in_channels))
+    in_group = np.arange(in_channels) // (in_channels // groups)
+    out_group = np.arange(filters) // (filters // groups)
+    same_group = in_group[None, :] == out_group[:, None]
+    return np.where(same_group, matrix, 0).astype(np.int64)
+
+
+def check_channels(in_channels, filters, groups, period, cyclic):
+    """Raises unless the channels fit `groups` x `period` where rates vary."""
+    if in_channels % groups:
+        raise ValueError(
+            "The number of input channels must be divisible by `groups`. "
+            f"Received: groups={groups}, input channels={in_channels}."
+        )
+    if filters % groups:
+        raise ValueError(
+            "Argument `filters` must be divisible by `groups`. "
+            f"Received: filters={filters}, groups={groups}."
+        )
+    if cyclic in ("both", "input") and in_channels % (groups * period):
+        raise ValueError(
+            "The number of input channels must be divisible by groups x t "
+            f"(t = len(pattern)) for cyclic={cyclic!r}. Received: input "
+            f"channels={in_channels}, groups={groups}, t={period}."
+        )
+    if cyclic in ("both", "output") and filters % (groups * period):
+        raise ValueError(
+            "Argument `filters` must be divisible by groups x t "
+            f"(t = len(pattern)) for cyclic={cyclic!r}. Received: "
+            f"filters={filters}, groups={groups}, t={period}."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvStep:
+    """Kernels of one rate, run as one convolution with `groups` groups.
+
+    Attributes:
+        rate: the dilation rate.
+        groups: number of groups; each group is a dense convolution from its
+            own input channels to its own output channels.
+        inputs: (groups, in_per_group) input channel indices.
+        outputs: (groups, out_per_group) output channel indices.
+        kernel_index: (in_per_group, groups * out_per_group) indices into the
+            layer kernel reshaped to (kh, kw, in_channels // layer_groups *
+            filters): the grouped kernel of this step, gathered in one take.
+    """
+
+    rate: int
+    groups: int
+    inputs: np.ndarray
+    outputs: np.ndarray
+    kernel_index: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvPlan:
+    """The convolutions that compute a PSConv layer, and how to sum them.
+
+    Attributes:
+        steps: the convolutions.
+        sums: one entry per term of the output sum: the indices of the steps
+            whose outputs, concatenated, form the term, and the channel
+            permutation (`order`) that puts that concatenation in filter order.
+    """
+
+    steps: tuple
+    sums: tuple
+
+    @property
+    def rates(self):
+        return tuple(sorted({step.rate for step in self.steps}))
+
+    def macs_per_output_pixel(self, kernel_area):
+        """Multiply-accumulates per output pixel, summed over all steps."""
+        return sum(
+            kernel_area * step.inputs.shape[1] * step.outputs.size
+            for step in self.steps
+        )
+
+
+def compile_plan(matrix, layer_groups):
+    """Groups the kernels of a dilation matrix into convolutions.
+
+    For each rate, filters that draw that rate from the same set of input
+    channels form one dense convolution (a biclique of the lattice, so nothing
+    is computed twice and no zero kernel is computed); those of equal shape
+    run together as one grouped convolution.
+
+    Args:
+        matrix: the (filters, in_channels) dilation matrix, 0 for no kernel.
+        layer_groups: the layer's `groups`, to index its kernel.
+
+    Returns:
+        A `ConvPlan`.
+    """
+    filters, in_channels = matrix.shape
+    in_per_group = in_channels // layer_groups
+    steps = []
+    for rate in np.unique(matrix[matrix > 0]):
+        mask = matrix == rate
+        rows, first, which = np.unique(
+            mask, axis=0, return_index=True, return_inverse=True
+        )
+        branches = []
+        for unique in np.argsort(first):
+            if rows[unique].any():
+                outputs = np.flatnonzero(which.ravel() == unique)
+                branches.append((np.flatnonzero(rows[unique]), outputs))
+        shapes = sorted({(len(i), len(o)) for i, o in branches})
+        for shape in shapes:
+            chosen = [(i, o) for i, o in branches if (len(i), len(o)) == shape]
+            inputs = np.stack([i for i, _ in chosen])
+            outputs = np.stack([o for _, o in chosen])
+            local_inputs = inputs % in_per_group
+            # Kernel of output j of group g and its input a: kernel[..., a', j']
+            # with a' the local input channel and j' the filter.
+            kernel_index = (
+                local_inputs[:, :, None] * filters + outputs[:, None, :]
+            )  # (groups, in, out)
+            kernel_index = np.concatenate(list(kernel_index), axis=1)
+            steps.append(
+                ConvStep(
+                    rate=int(rate),
+                    groups=len(chosen),
+                    inputs=inputs.astype(np.int32),
+                    outputs=outputs.astype(np.int32),
+                    kernel_index=kernel_index.astype(np.int32),
+                )
+            )
+    return ConvPlan(steps=tuple(steps), sums=_output_sums(steps, filters))
+
+
+def _output_sums(steps, filters):
+    """How step outputs add up to the layer output.
+
+    Every filter draws each of its rates from exactly one step. If each filter
+    has a single rate (`cyclic="output"`), the steps tile the filters and one
+    concatenation suffices; otherwise every rate covers all filters and the
+    output is a sum over rates.
+    """
+    covered = np.concatenate([s.outputs.ravel() for s in steps])
+    if covered.size == filters:
+        terms = [tuple(range(len(steps)))]
+    else:
+        by_rate = {}
+        for index, step in enumerate(steps):
+            by_rate.setdefault(step.rate, []).append(index)
+        terms = [tuple(indices) for indices in by_rate.values()]
+    sums = []
+    for term in terms:
+        order = np.concatenate([steps[i].outputs.ravel() for i in term])
+        if sorted(order.tolist()) != list(range(filters)):
+            raise AssertionError("Dilation matrix is not a PSConv lattice.")
+        sums.append((term, np.argsort(order).astype(np.int32)))
+    return tuple(sums)
