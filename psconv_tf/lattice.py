@@ -147,6 +147,8 @@ def check_channels(in_channels, filters, groups, period, cyclic):
 class ConvStep:
     """Kernels of one rate, run as one convolution with `groups` groups.
 
+    Channel indices count in the plan's channel order (see `ConvPlan`).
+
     Attributes:
         rate: the dilation rate.
         groups: number of groups; each group is a dense convolution from its
@@ -169,15 +171,30 @@ class ConvStep:
 class ConvPlan:
     """The convolutions that compute a PSConv layer, and how to sum them.
 
+    The plan orders channels so that those with identical rates form
+    contiguous runs: `input_order[j]` is the layer input channel at plan
+    position j, `output_order[j]` the filter at plan position j (None when
+    the order is the identity, as for the blocked layout).
+
     Attributes:
         steps: the convolutions.
-        sums: one entry per term of the output sum: the indices of the steps
-            whose outputs, concatenated, form the term, and the channel
-            permutation (`order`) that puts that concatenation in filter order.
+        sums: the terms of the output sum, each a tuple of step indices whose
+            outputs, concatenated and permuted by `order`, form the term
+            (in plan order): a sequence of (steps, order) pairs.
+        input_order: permutation of the input channels, or None.
+        output_order: permutation of the filters, or None.
+        input_classes: (start, stop) runs of input channels, in plan order,
+            with identical rates for every filter (the lattice's columns).
+        output_classes: likewise for filters (the lattice's rows). Every
+            convolution reads whole classes.
     """
 
     steps: tuple
     sums: tuple
+    input_order: np.ndarray
+    output_order: np.ndarray
+    input_classes: tuple
+    output_classes: tuple
 
     @property
     def rates(self):
@@ -189,6 +206,23 @@ class ConvPlan:
             kernel_area * step.inputs.shape[1] * step.outputs.size
             for step in self.steps
         )
+
+
+def _class_order(lines):
+    """Indices of `lines` grouped by equal line, classes by first appearance."""
+    _, first, which = np.unique(
+        lines, axis=0, return_index=True, return_inverse=True
+    )
+    class_rank = np.argsort(np.argsort(first))
+    order = np.argsort(class_rank[which.ravel()], kind="stable")
+    return None if np.array_equal(order, np.arange(len(order))) else order
+
+
+def _runs_of_equal_lines(lines):
+    """(start, stop) of the runs of identical consecutive lines."""
+    change = np.flatnonzero((lines[1:] != lines[:-1]).any(axis=1)) + 1
+    bounds = [0] + change.tolist() + [len(lines)]
+    return tuple(zip(bounds[:-1], bounds[1:]))
 
 
 def compile_plan(matrix, layer_groups):
@@ -208,9 +242,14 @@ def compile_plan(matrix, layer_groups):
     """
     filters, in_channels = matrix.shape
     in_per_group = in_channels // layer_groups
+    output_order = _class_order(matrix)
+    input_order = _class_order(matrix.T)
+    out_channel = np.arange(filters) if output_order is None else output_order
+    in_channel = np.arange(in_channels) if input_order is None else input_order
+    ordered = matrix[out_channel][:, in_channel]
     steps = []
-    for rate in np.unique(matrix[matrix > 0]):
-        mask = matrix == rate
+    for rate in np.unique(ordered[ordered > 0]):
+        mask = ordered == rate
         rows, first, which = np.unique(
             mask, axis=0, return_index=True, return_inverse=True
         )
@@ -219,28 +258,32 @@ def compile_plan(matrix, layer_groups):
             if rows[unique].any():
                 outputs = np.flatnonzero(which.ravel() == unique)
                 branches.append((np.flatnonzero(rows[unique]), outputs))
-        shapes = sorted({(len(i), len(o)) for i, o in branches})
-        for shape in shapes:
+        for shape in sorted({(len(i), len(o)) for i, o in branches}):
             chosen = [(i, o) for i, o in branches if (len(i), len(o)) == shape]
             inputs = np.stack([i for i, _ in chosen])
             outputs = np.stack([o for _, o in chosen])
-            local_inputs = inputs % in_per_group
-            # Kernel of output j of group g and its input a: kernel[..., a', j']
-            # with a' the local input channel and j' the filter.
-            kernel_index = (
-                local_inputs[:, :, None] * filters + outputs[:, None, :]
-            )  # (groups, in, out)
-            kernel_index = np.concatenate(list(kernel_index), axis=1)
+            # The kernel of filter f and input channel k of its group sits at
+            # (k % in_per_group) * filters + f of the flattened kernel.
+            local = in_channel[inputs] % in_per_group
+            kernel_index = local[:, :, None] * filters + out_channel[outputs][:, None, :]
             steps.append(
                 ConvStep(
                     rate=int(rate),
                     groups=len(chosen),
                     inputs=inputs.astype(np.int32),
                     outputs=outputs.astype(np.int32),
-                    kernel_index=kernel_index.astype(np.int32),
+                    kernel_index=np.concatenate(list(kernel_index), axis=1)
+                    .astype(np.int32),
                 )
             )
-    return ConvPlan(steps=tuple(steps), sums=_output_sums(steps, filters))
+    return ConvPlan(
+        steps=tuple(steps),
+        sums=_output_sums(steps, filters),
+        input_order=input_order,
+        output_order=output_order,
+        input_classes=_runs_of_equal_lines(ordered.T),
+        output_classes=_runs_of_equal_lines(ordered),
+    )
 
 
 def _output_sums(steps, filters):

@@ -8,6 +8,8 @@ from keras import initializers
 from keras import ops
 from keras import regularizers
 
+from psconv_tf import channel_io
+from psconv_tf import conv_ops
 from psconv_tf import lattice
 
 PADDINGS = ("valid", "same", "symmetric")
@@ -16,9 +18,6 @@ PADDINGS = ("valid", "same", "symmetric")
 # measured faster than one grouped convolution on CPU (see benchmarks/), and
 # Keras sends grouped convolutions on TensorFlow through XLA, which is slow.
 MAX_SPLIT_GROUPS = 8
-
-# Channel selections made of more contiguous runs than this use a gather.
-MAX_SLICES = 16
 
 
 def _standardize_pair(value, name):
@@ -231,7 +230,7 @@ class PSConv2D(keras.layers.Layer):
             base_rate=self.dilation_rate[0],
         )
         self._plan = lattice.compile_plan(self._matrix, self.groups)
-        self._compile_selections(in_channels)
+        self._compile_readers(in_channels)
         self.compute_output_shape(input_shape)
         self.kernel = self.add_weight(
             name="kernel",
@@ -251,163 +250,197 @@ class PSConv2D(keras.layers.Layer):
             )
 
     def call(self, inputs):
-        kernel = ops.reshape(self.kernel, self.kernel_size + (-1,))
-        pieces = []
-        for step, selections in zip(self._plan.steps, self._input_selections):
-            step_kernel = ops.take(kernel, step.kernel_index, axis=2)
-            width = step_kernel.shape[-1] // len(selections)
-            for g, selection in enumerate(selections):
-                pieces.append(
-                    self._convolve(
-                        self._select([inputs], selection),
-                        step_kernel[..., g * width : (g + 1) * width],
-                        step.rate,
-                    )
-                )
-        outputs = None
-        for chosen, selection in self._output_selections:
-            term = self._select([pieces[i] for i in chosen], selection)
-            outputs = term if outputs is None else outputs + term
+        transpose = self._compute_format != self.data_format
+        if transpose:
+            inputs = ops.transpose(inputs, (0, 2, 3, 1))
+        axis = self._channel_axis
+        plan = self._plan
+        if plan.input_order is not None:
+            inputs = ops.take(inputs, plan.input_order, axis=axis)
+        conv_inputs = channel_io.read_channels([inputs], self._input_reader, axis)
+        pieces = [
+            self._convolve(x, kernel, rate)
+            for x, kernel, rate in zip(
+                conv_inputs, self._conv_kernels(), self._conv_rates
+            )
+        ]
+        # Sum the terms block by block: one concatenation instead of one per term.
+        parts = channel_io.read_channels(pieces, self._output_reader, axis)
+        width = len(self._plan.sums)
+        blocks = []
+        for start in range(0, len(parts), width):
+            block = parts[start]
+            for part in parts[start + 1 : start + width]:
+                block = block + part
+            blocks.append(block)
+        outputs = blocks[0] if len(blocks) == 1 else ops.concatenate(blocks, axis)
+        if plan.output_order is not None:
+            outputs = ops.take(outputs, np.argsort(plan.output_order), axis=axis)
         if self.use_bias:
             shape = [1, 1, 1, 1]
-            shape[self._channel_axis] = self.filters
+            shape[axis] = self.filters
             outputs = outputs + ops.reshape(self.bias, shape)
+        if transpose:
+            outputs = ops.transpose(outputs, (0, 3, 1, 2))
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
 
     @property
-    def _channel_axis(self):
-        return 3 if self.data_format == "channels_last" else 1
+    def _compute_format(self):
+        # TensorFlow's CPU kernels differentiate dilated and explicitly padded
+        # convolutions in NHWC only, so TensorFlow computes channels last.
+        if keras.backend.backend() == "tensorflow":
+            return "channels_last"
+        return self.data_format
 
-    def _compile_selections(self, in_channels):
-        """Precomputes how each convolution reads and each output term sums.
+    @property
+    def _channel_axis(self):
+        return 3 if self._compute_format == "channels_last" else 1
+
+    def _compile_readers(self, in_channels):
+        """Precomputes the channel splits and concatenations of `call`.
 
         A step with few groups runs as one dense convolution per group (see
-        MAX_SPLIT_GROUPS); its pieces are the group outputs, else the step is
-        one piece. Output terms select filters from the concatenated pieces.
+        MAX_SPLIT_GROUPS), else as one grouped convolution. The inputs of all
+        convolutions are read from one split of the input, their kernels from
+        blocks of the kernel, and each output term from the convolution
+        outputs, split once.
         """
-        self._input_selections = []
-        piece_sizes = []
-        step_pieces = []
+        conv_inputs, dense, piece_sizes, piece_starts = [], [], [], []
+        self._conv_rates = []
+        for step in self._plan.steps:
+            piece_starts.append(sum(piece_sizes))
+            if step.groups > MAX_SPLIT_GROUPS:
+                conv_inputs.append(step.inputs.ravel())
+                piece_sizes.append(step.outputs.size)
+                self._conv_rates.append(step.rate)
+                continue
+            for inputs, outputs in zip(step.inputs, step.outputs):
+                conv_inputs.append(inputs)
+                dense.append((inputs, outputs))
+                piece_sizes.append(outputs.size)
+                self._conv_rates.append(step.rate)
+        self._input_reader = channel_io.channel_reader([in_channels], conv_inputs)
+        self._kernel_reader = channel_io.kernel_reader(
+            self._plan, in_channels // self.groups, dense
+        )
+        terms = []
+        for step_indices, order in self._plan.sums:
+            positions = np.concatenate([
+                piece_starts[i] + np.arange(self._plan.steps[i].outputs.size)
+                for i in step_indices
+            ])
+            terms.append(positions[order])
+        # Output blocks: filters over which every term reads one run.
+        cuts = {0, self.filters}
+        for term in terms:
+            cuts.update((np.flatnonzero(np.diff(term) != 1) + 1).tolist())
+        cuts = sorted(cuts)
+        blocks = [
+            term[start:stop]
+            for start, stop in zip(cuts[:-1], cuts[1:])
+            for term in terms
+        ]
+        self._output_reader = channel_io.channel_reader(piece_sizes, blocks)
+
+    def _conv_kernels(self):
+        """The kernel of every convolution of the plan, in order."""
+        dense = iter(channel_io.read_kernels(self.kernel, self._kernel_reader))
+        kernels = []
         for step in self._plan.steps:
             if step.groups > MAX_SPLIT_GROUPS:
-                groups = [step.inputs.ravel()]
+                flat = ops.reshape(self.kernel, self.kernel_size + (-1,))
+                kernels.append(ops.take(flat, step.kernel_index, axis=2))
             else:
-                groups = list(step.inputs)
-            self._input_selections.append(
-                [_selection([in_channels], g) for g in groups]
-            )
-            first = len(piece_sizes)
-            piece_sizes += [step.outputs.size // len(groups)] * len(groups)
-            step_pieces.append(list(range(first, len(piece_sizes))))
-        self._output_selections = []
-        for term, order in self._plan.sums:
-            pieces = [p for i in term for p in step_pieces[i]]
-            # Output term selections index the concatenation of their pieces.
-            selection = _selection([piece_sizes[p] for p in pieces], order)
-            self._output_selections.append((pieces, selection))
+                kernels += [next(dense) for _ in range(step.groups)]
+        return kernels
 
-    def _select(self, tensors, selection):
-        """Channels picked by a precomputed selection from `tensors`."""
-        axis = self._channel_axis
-        kind, value = selection
-        if kind == "take":
-            whole = tensors[0]
-            if len(tensors) > 1:
-                whole = ops.concatenate(tensors, axis=axis)
-            return ops.take(whole, value, axis=axis)
-        slices = []
-        for piece, begin, end in value:
-            tensor = tensors[piece]
-            if begin == 0 and end == tensor.shape[axis]:
-                slices.append(tensor)
-                continue
-            index = [slice(None)] * 4
-            index[axis] = slice(begin, end)
-            slices.append(tensor[tuple(index)])
-        return slices[0] if len(slices) == 1 else ops.concatenate(slices, axis)
+    @property
+    def _spatial_axes(self):
+        return (1, 2) if self._compute_format == "channels_last" else (2, 3)
 
     def _convolve(self, inputs, kernel, rate):
         """A plain convolution at `rate` with the layer's padding and strides."""
-        spatial = (1, 2) if self.data_format == "channels_last" else (2, 3)
-        if self._padding_is_native(rate):
-            return ops.conv(
-                inputs,
-                kernel,
-                strides=self.strides,
-                padding="same" if self.padding != "valid" else "valid",
-                data_format=self.data_format,
-                dilation_rate=rate,
-            )
-        inputs = self._pad(inputs, rate, spatial)
-        # TensorFlow refuses strides > 1 with dilation > 1. A strided conv
-        # whose rate is a multiple of the stride is a conv at rate / stride of
-        # the subsampled input; other rates subsample the output instead.
-        input_step, conv_strides, rates, output_step = [], [], [], []
-        for stride in self.strides:
-            if stride == 1 or rate == 1:
-                input_step.append(1), conv_strides.append(stride)
-                rates.append(rate), output_step.append(1)
-            elif rate % stride == 0:
-                input_step.append(stride), conv_strides.append(1)
-                rates.append(rate // stride), output_step.append(1)
-            else:
-                input_step.append(1), conv_strides.append(1)
-                rates.append(rate), output_step.append(stride)
-        inputs = _subsample(inputs, spatial, input_step)
-        outputs = ops.conv(
-            inputs,
-            kernel,
-            strides=tuple(conv_strides),
-            padding="valid",
-            data_format=self.data_format,
-            dilation_rate=tuple(rates),
-        )
-        return _subsample(outputs, spatial, output_step)
-
-    def _padding_is_native(self, rate):
-        """Whether `ops.conv`'s own padding computes this rate's padding."""
-        if max(self.strides) > 1 and rate > 1:
-            return False
+        if rate > 1 and max(self.strides) > 1:
+            return self._strided_dilated_convolve(inputs, kernel, rate)
         if self.padding == "same":
-            return True
-        if self.padding == "valid":
-            return rate == max(self.rates)
-        # Symmetric padding is TensorFlow's "same" at stride 1.
-        return max(self.strides) == 1
+            padding = "same"
+        elif self.padding == "symmetric":
+            padding = [(rate * (size - 1) // 2,) * 2 for size in self.kernel_size]
+            if max(self.strides) == 1:
+                padding = "same"  # identical at stride 1, and native
+        else:
+            inputs = _crop(inputs, self._spatial_axes, self._valid_crops(rate))
+            padding = "valid"
+        return conv_ops.conv2d(
+            inputs, kernel, self.strides, padding, rate, self._compute_format
+        )
 
-    def _pad(self, inputs, rate, spatial):
-        """Pads (or, for "valid", crops) the spatial axes for one rate."""
+    def _valid_crops(self, rate):
+        # Every rate centred where the largest rate's kernel fits.
+        largest = max(self.rates)
+        return [(largest - rate) * (size - 1) // 2 for size in self.kernel_size]
+
+    def _strided_dilated_convolve(self, inputs, kernel, rate):
+        """Strides with dilation, which TensorFlow cannot differentiate on CPU.
+
+        At a rate that is a multiple of the stride, the convolution is one at
+        rate / stride over the subsampled input; at other rates it runs at
+        stride 1 and its output is subsampled.
+        """
         shape = ops.shape(inputs)
-        pads = []
-        for axis, size, stride in zip(spatial, self.kernel_size, self.strides):
+        axes = self._spatial_axes
+        crops = self._valid_crops(rate) if self.padding == "valid" else (0, 0)
+        index = [slice(None)] * 4
+        padding, rates, strides, output_steps = [], [], [], []
+        for axis, size, stride, crop in zip(axes, self.kernel_size, self.strides, crops):
+            length = shape[axis]
             span = rate * (size - 1)
             if self.padding == "symmetric":
-                pads.append((span // 2, span // 2))
+                before = after = span // 2
             elif self.padding == "valid":
-                crop = (max(self.rates) - rate) * (size - 1) // 2
-                pads.append((-crop, -crop))
+                before = after = -crop
+            else:  # TensorFlow's "same"; the length may be a symbolic tensor
+                total = ((length + stride - 1) // stride - 1) * stride + span + 1 - length
+                total = ops.maximum(total, 0) if not isinstance(total, int) else max(total, 0)
+                before, after = total // 2, total - total // 2
+            out = (length + before + after - span - 1) // stride + 1
+            if rate % stride:
+                start, rates_axis, stride_axis, step = None, rate, 1, stride
+                before_axis, after_axis = before, after
             else:
-                length = shape[axis]
-                out = (length + stride - 1) // stride
-                total = (out - 1) * stride + span + 1 - length
-                if not isinstance(total, int):
-                    total = ops.maximum(total, 0)
-                else:
-                    total = max(total, 0)
-                pads.append((total // 2, total - total // 2))
-        index = [slice(None)] * 4
-        padding = [(0, 0)] * 4
-        for axis, (before, after) in zip(spatial, pads):
-            if isinstance(before, int) and before < 0:
-                index[axis] = slice(-before, after if after < 0 else None)
-            else:
-                padding[axis] = (before, after)
+                # Input row s * v - before, for v counted from `front` rows
+                # of padding, is row `offset` + s * (v - front) of the input.
+                offset = (-before) % stride
+                front = (before + offset) // stride
+                kept = (length - offset + stride - 1) // stride
+                after_axis = out + span // stride - front - kept
+                start, rates_axis, stride_axis, step = offset, rate // stride, 1, 1
+                before_axis = front
+            index[axis] = slice(start, None, None if start is None else stride)
+            padding.append((before_axis, after_axis))
+            rates.append(rates_axis), strides.append(stride_axis)
+            output_steps.append(step)
         inputs = inputs[tuple(index)]
-        if any(not isinstance(v, int) or v for pair in padding for v in pair):
-            inputs = ops.pad(inputs, padding)
-        return inputs
+        # Negative padding crops; symbolic padding is applied by a pad op.
+        static = all(isinstance(v, int) for pair in padding for v in pair)
+        if static:
+            inputs = _crop(inputs, axes, [(max(-b, 0), max(-a, 0)) for b, a in padding])
+            padding = [(max(b, 0), max(a, 0)) for b, a in padding]
+        else:
+            widths = [(0, 0)] * 4
+            for axis, pair in zip(axes, padding):
+                widths[axis] = pair
+            inputs, padding = ops.pad(inputs, widths), "valid"
+        outputs = conv_ops.conv2d(
+            inputs, kernel, tuple(strides), padding, tuple(rates),
+            self._compute_format,
+        )
+        index = [slice(None)] * 4
+        for axis, step in zip(axes, output_steps):
+            index[axis] = slice(None, None, step)
+        return outputs[tuple(index)]
 
     def compute_output_shape(self, input_shape):
         spatial = (1, 2) if self.data_format == "channels_last" else (2, 3)
@@ -429,7 +462,7 @@ class PSConv2D(keras.layers.Layer):
                     f"rate {max(self.rates)}."
                 )
             shape[axis] = length
-        shape[self._channel_axis] = self.filters
+        shape[-1 if self.data_format == "channels_last" else 1] = self.filters
         return tuple(shape)
 
     def dilation_matrix(self):
@@ -512,34 +545,10 @@ class PSConv2D(keras.layers.Layer):
         return config
 
 
-def _selection(sizes, indices):
-    """How to pick `indices` from the concatenation of pieces of `sizes`.
-
-    Returns ("slices", [(piece, begin, end), ...]) when the indices form few
-    contiguous runs inside pieces, else ("take", indices).
-    """
-    indices = np.asarray(indices)
-    offsets = np.cumsum([0] + list(sizes))
-    piece = np.searchsorted(offsets, indices, side="right") - 1
-    breaks = np.flatnonzero(
-        (np.diff(indices) != 1) | (np.diff(piece) != 0)
-    ) + 1
-    if len(breaks) + 1 > MAX_SLICES:
-        return ("take", indices.astype(np.int32))
-    starts = np.concatenate([[0], breaks])
-    stops = np.concatenate([breaks, [len(indices)]])
-    slices = []
-    for start, stop in zip(starts, stops):
-        p = int(piece[start])
-        begin = int(indices[start] - offsets[p])
-        slices.append((p, begin, begin + int(stop - start)))
-    return ("slices", slices)
-
-
-def _subsample(tensor, spatial, steps):
-    if all(step == 1 for step in steps):
-        return tensor
+def _crop(tensor, axes, crops):
+    """Removes `crops` (an int, or (before, after)) from each spatial axis."""
     index = [slice(None)] * 4
-    for axis, step in zip(spatial, steps):
-        index[axis] = slice(None, None, step)
+    for axis, crop in zip(axes, crops):
+        before, after = (crop, crop) if isinstance(crop, int) else crop
+        index[axis] = slice(before, -after or None)
     return tensor[tuple(index)]

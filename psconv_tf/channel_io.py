@@ -1,0 +1,146 @@
+"""Reading channel selections with splits and concatenations, not gathers.
+
+A PSConv plan reads runs of consecutive channels: its convolutions' inputs,
+their kernels and the output terms. Precomputing one split per tensor and the
+concatenations each selection needs keeps the graph free of gathers, whose
+gradients are much slower than those of splits and concatenations.
+"""
+
+import numpy as np
+from keras import ops
+
+# A selection made of more runs than this is read with one gather instead.
+MAX_RUNS = 16
+
+
+def channel_reader(sizes, selections):
+    """How to read `selections` from tensors of `sizes` channels, concatenated.
+
+    Args:
+        sizes: channel counts of the source tensors.
+        selections: index arrays into their concatenation, each a union of
+            runs of consecutive channels.
+
+    Returns:
+        (sections, reads): for each source, the section sizes to split it
+        into; for each selection, a list of (source, section) to concatenate,
+        or its index array when it has more than MAX_RUNS runs.
+    """
+    offsets = np.cumsum([0] + list(sizes))
+    cuts = set(offsets.tolist())
+    runs = []
+    for selection in selections:
+        selection = np.asarray(selection)
+        source = np.searchsorted(offsets, selection, side="right") - 1
+        breaks = np.flatnonzero(
+            (np.diff(selection) != 1) | (np.diff(source) != 0)
+        )
+        starts = selection[np.concatenate([[0], breaks + 1])]
+        stops = selection[np.concatenate([breaks, [len(selection) - 1]])] + 1
+        if len(starts) > MAX_RUNS:
+            runs.append(None)
+            continue
+        runs.append(list(zip(starts.tolist(), stops.tolist())))
+        cuts.update(starts.tolist() + stops.tolist())
+    cuts = np.array(sorted(cuts))
+    sections, first_section = [], []
+    for start, stop in zip(offsets[:-1], offsets[1:]):
+        sections.append(np.diff(cuts[(cuts >= start) & (cuts <= stop)]).tolist())
+        first_section.append(int(np.searchsorted(cuts, start)))
+    reads = []
+    for selection, selection_runs in zip(selections, runs):
+        if selection_runs is None:
+            reads.append(np.asarray(selection, np.int32))
+            continue
+        read = []
+        for start, stop in selection_runs:
+            source = int(np.searchsorted(offsets, start, side="right")) - 1
+            first, last = np.searchsorted(cuts, [start, stop])
+            read += [
+                (source, int(i) - first_section[source]) for i in range(first, last)
+            ]
+        reads.append(read)
+    return sections, reads
+
+
+def read_channels(tensors, reader, axis):
+    """The selections of a `channel_reader`, as a list of tensors."""
+    sections, reads = reader
+    parts = [
+        [tensor] if len(sizes) == 1 else ops.split(tensor, _cuts(sizes), axis)
+        for tensor, sizes in zip(tensors, sections)
+    ]
+    results = []
+    for read in reads:
+        if isinstance(read, np.ndarray):
+            whole = tensors[0] if len(tensors) == 1 else ops.concatenate(tensors, axis)
+            results.append(ops.take(whole, read, axis=axis))
+            continue
+        chosen = [parts[source][section] for source, section in read]
+        results.append(chosen[0] if len(chosen) == 1 else ops.concatenate(chosen, axis))
+    return results
+
+
+def kernel_reader(plan, in_per_group, convolutions):
+    """How to cut dense convolution kernels out of the layer kernel.
+
+    Every convolution reads whole classes of the plan (channels with identical
+    rates), so its kernel is a concatenation of class-by-class blocks.
+
+    Args:
+        plan: a `lattice.ConvPlan`.
+        in_per_group: input channels per layer group (the kernel's axis 2).
+        convolutions: (inputs, outputs) index arrays, in plan order, of each
+            dense convolution.
+
+    Returns:
+        A reader for `read_kernels`.
+    """
+    in_order = None
+    if plan.input_order is not None:
+        in_order = plan.input_order[:in_per_group]
+        groups = len(plan.input_order) // in_per_group
+        tiled = (np.arange(groups)[:, None] * in_per_group + in_order).ravel()
+        if not np.array_equal(tiled, plan.input_order):
+            raise AssertionError("Input order differs between groups.")
+    in_classes = [c for c in plan.input_classes if c[1] <= in_per_group]
+    in_starts = [start for start, _ in in_classes]
+    out_starts = [start for start, _ in plan.output_classes]
+    blocks = []
+    for inputs, outputs in convolutions:
+        local = set((np.asarray(inputs) % in_per_group).tolist())
+        outputs = set(np.asarray(outputs).tolist())
+        blocks.append((
+            [i for i, start in enumerate(out_starts) if start in outputs],
+            [i for i, start in enumerate(in_starts) if start in local],
+        ))
+    in_sizes = [stop - start for start, stop in in_classes]
+    out_sizes = [stop - start for start, stop in plan.output_classes]
+    return in_order, plan.output_order, in_sizes, out_sizes, blocks
+
+
+def read_kernels(kernel, reader):
+    """The dense convolution kernels of a `kernel_reader`, from the kernel."""
+    in_order, out_order, in_sizes, out_sizes, blocks = reader
+    if in_order is not None:
+        kernel = ops.take(kernel, in_order, axis=2)
+    if out_order is not None:
+        kernel = ops.take(kernel, out_order, axis=3)
+    slabs = [kernel] if len(out_sizes) == 1 else ops.split(kernel, _cuts(out_sizes), 3)
+    cells = [
+        [slab] if len(in_sizes) == 1 else ops.split(slab, _cuts(in_sizes), 2)
+        for slab in slabs
+    ]
+    kernels = []
+    for out_classes, in_classes in blocks:
+        columns = [_concatenate([cells[o][i] for i in in_classes], 2) for o in out_classes]
+        kernels.append(_concatenate(columns, 3))
+    return kernels
+
+
+def _concatenate(tensors, axis):
+    return tensors[0] if len(tensors) == 1 else ops.concatenate(tensors, axis)
+
+
+def _cuts(sizes):
+    return np.cumsum(sizes)[:-1].tolist()

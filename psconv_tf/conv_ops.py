@@ -1,0 +1,69 @@
+"""One 2D convolution on any Keras backend, fast on TensorFlow."""
+
+import keras
+from keras import ops
+
+
+def conv2d(inputs, kernel, strides, padding, dilation_rate, data_format):
+    """A (grouped) 2D convolution.
+
+    Args:
+        inputs: 4D tensor.
+        kernel: (kh, kw, in_channels // groups, filters).
+        strides: tuple of 2 ints.
+        padding: "same" (TensorFlow's convention), "valid", or explicit
+            ((top, bottom), (left, right)).
+        dilation_rate: int.
+        data_format: "channels_last" or "channels_first".
+    """
+    if keras.backend.backend() == "tensorflow":
+        # The raw op, not Keras' route through tf.nn.convolution: that runs
+        # dilation as space-to-batch (two extra copies), refuses strides with
+        # dilation, and sends grouped kernels through XLA, slowly on CPU.
+        import tensorflow as tf
+
+        rates = (dilation_rate,) * 2 if isinstance(dilation_rate, int) else dilation_rate
+        if not isinstance(padding, str) and max(rates) > 1:
+            # CPU kernels cannot differentiate dilated convolutions with
+            # explicit padding: use "SAME" where equal, else pad first.
+            spans = [rate * (size - 1) for rate, size in zip(rates, kernel.shape[:2])]
+            same = [(span // 2, span - span // 2) for span in spans]
+            if max(strides) == 1 and [tuple(p) for p in padding] == same:
+                padding = "same"
+            else:
+                inputs = _pad(inputs, padding, data_format)
+                padding = "valid"
+        if not isinstance(padding, str):
+            spatial = [list(pair) for pair in padding]
+            if data_format == "channels_last":
+                padding = [[0, 0]] + spatial + [[0, 0]]
+            else:
+                padding = [[0, 0], [0, 0]] + spatial
+        else:
+            padding = padding.upper()
+        return tf.nn.conv2d(
+            inputs,
+            kernel,
+            strides=strides,
+            padding=padding,
+            data_format="NHWC" if data_format == "channels_last" else "NCHW",
+            dilations=dilation_rate,
+        )
+    if not isinstance(padding, str):
+        inputs = _pad(inputs, padding, data_format)
+        padding = "valid"
+    return ops.conv(
+        inputs,
+        kernel,
+        strides=strides,
+        padding=padding,
+        data_format=data_format,
+        dilation_rate=dilation_rate,
+    )
+
+
+def _pad(inputs, padding, data_format):
+    spatial = [tuple(pair) for pair in padding]
+    if data_format == "channels_last":
+        return ops.pad(inputs, [(0, 0)] + spatial + [(0, 0)])
+    return ops.pad(inputs, [(0, 0), (0, 0)] + spatial)
