@@ -1,0 +1,259 @@
+"""ResNet, ResNeXt and SE-ResNet, each with standard or Poly-Scale 3x3 convs.
+
+One functional builder, `ResNet`, driven by a table of stages; the named
+architectures below only fill the table. The layout is torchvision's v1.5
+(stride on the 3x3 conv, PyTorch padding), with layer names that follow its
+state-dict keys (`layer2_0_conv2` for `layer2.0.conv2`), so that PyTorch
+checkpoints map one to one. With `conv="psconv"`, every 3x3 conv in the
+middle of a bottleneck block is a `PSConv2D`, as in the paper; the stem, the
+1x1 and the shortcut convs stay standard.
+"""
+
+import dataclasses
+
+import keras
+
+from psconv_tf.ps_conv2d import PSConv2D
+
+CONV_TYPES = ("standard", "psconv")
+BATCH_NORM = dict(momentum=0.9, epsilon=1e-5)  # PyTorch's defaults
+# torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu").
+CONV_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage: `blocks` residual blocks of `planes`, the first strided."""
+
+    blocks: int
+    planes: int
+    stride: int
+
+
+def imagenet_stages(blocks):
+    return tuple(
+        Stage(n, planes, stride)
+        for n, planes, stride in zip(blocks, (64, 128, 256, 512), (1, 2, 2, 2))
+    )
+
+
+def ResNet(
+    stages,
+    block="bottleneck",
+    stem="imagenet",
+    stem_filters=64,
+    groups=1,
+    width_per_group=64,
+    se_reduction=None,
+    conv="standard",
+    pattern=(1, 2, 1, 4),
+    cyclic="both",
+    dilation_rate=1,
+    include_top=True,
+    num_classes=1000,
+    input_shape=None,
+    pooling=None,
+    feature_maps=False,
+    weights=None,
+    name="resnet",
+):
+    """Builds a residual network from a table of stages.
+
+    Args:
+        stages: sequence of `Stage`.
+        block: `"bottleneck"` (1x1, 3x3, 1x1, expansion 4) or `"basic"`
+            (3x3, 3x3). PSConv in basic blocks replaces both 3x3 convs; that
+            goes beyond the paper, which uses bottlenecks only.
+        stem: `"imagenet"` (7x7/2 conv and 3x3/2 max pool) or `"cifar"`
+            (one 3x3 conv, for 32x32 inputs).
+        stem_filters: filters of the stem conv.
+        groups: cardinality of the 3x3 convs (ResNeXt).
+        width_per_group: bottleneck width per group at 64 planes (ResNeXt's d).
+        se_reduction: if set, a squeeze-and-excitation unit with this
+            reduction ratio on every residual branch (SE-ResNet).
+        conv: `"standard"` or `"psconv"`.
+        pattern, cyclic, dilation_rate: passed to every `PSConv2D`.
+        include_top: whether to end with global pooling and a classifier.
+        num_classes: classifier outputs.
+        input_shape: input shape without batch; (224, 224, 3) or (32, 32, 3)
+            by stem when None; spatial dimensions may be None.
+        pooling: without the top, `None` (the last feature map), `"avg"` or
+            `"max"` (global pooling).
+        feature_maps: without the top, return a dict of the stage outputs
+            {"C2": stride 4, ..., "C5": stride 32} (from "C1" upwards with the
+            CIFAR stem) for detection necks such as FPN.
+        weights: `None` or the path of a weights file (`.weights.h5`).
+        name: model name.
+
+    Returns:
+        A functional `keras.Model`.
+    """
+    if conv not in CONV_TYPES:
+        raise ValueError(
+            f"Argument `conv` must be one of {CONV_TYPES}. Received: conv={conv!r}"
+        )
+    if block not in ("bottleneck", "basic"):
+        raise ValueError(
+            "Argument `block` must be 'bottleneck' or 'basic'. "
+            f"Received: block={block!r}"
+        )
+    if stem not in ("imagenet", "cifar"):
+        raise ValueError(
+            f"Argument `stem` must be 'imagenet' or 'cifar'. Received: stem={stem!r}"
+        )
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(
+            "Argument `pooling` must be None, 'avg' or 'max'. "
+            f"Received: pooling={pooling!r}"
+        )
+    if include_top and (feature_maps or pooling is not None):
+        raise ValueError(
+            "`feature_maps` and `pooling` apply without the top: pass "
+            "include_top=False."
+        )
+    if include_top and (not isinstance(num_classes, int) or num_classes <= 0):
+        raise ValueError(
+            "Argument `num_classes` must be a positive integer. "
+            f"Received: num_classes={num_classes!r}"
+        )
+    if input_shape is None:
+        input_shape = (224, 224, 3) if stem == "imagenet" else (32, 32, 3)
+    psconv = dict(pattern=pattern, cyclic=cyclic, dilation_rate=dilation_rate)
+    make_conv3x3 = _psconv3x3(psconv) if conv == "psconv" else _conv3x3
+
+    inputs = keras.Input(input_shape, name="image")
+    x = _stem(inputs, stem, stem_filters)
+    features = {}
+    in_filters = stem_filters
+    for index, stage in enumerate(stages, start=1):
+        for number in range(stage.blocks):
+            prefix = f"layer{index}_{number}_"
+            stride = stage.stride if number == 0 else 1
+            if block == "bottleneck":
+                x, in_filters = _bottleneck(
+                    x, in_filters, stage.planes, stride, groups, width_per_group,
+                    se_reduction, make_conv3x3, prefix,
+                )
+            else:
+                x, in_filters = _basic(
+                    x, in_filters, stage.planes, stride, se_reduction,
+                    make_conv3x3, prefix,
+                )
+        level = index + (1 if stem == "imagenet" else 0)
+        features[f"C{level}"] = x
+
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
+        outputs = keras.layers.Dense(num_classes, name="fc")(x)
+    elif feature_maps:
+        outputs = features
+    elif pooling == "avg":
+        outputs = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
+    elif pooling == "max":
+        outputs = keras.layers.GlobalMaxPooling2D(name="maxpool")(x)
+    else:
+        outputs = x
+    model = keras.Model(inputs, outputs, name=name)
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+def _stem(x, stem, filters):
+    if stem == "cifar":
+        x = keras.layers.Conv2D(
+            filters, 3, padding="same", use_bias=False,
+            kernel_initializer=CONV_INIT, name="conv1",
+        )(x)
+    else:
+        x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(x)
+        x = keras.layers.Conv2D(
+            filters, 7, strides=2, use_bias=False,
+            kernel_initializer=CONV_INIT, name="conv1",
+        )(x)
+    x = keras.layers.BatchNormalization(name="bn1", **BATCH_NORM)(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    if stem == "imagenet":
+        # Zero padding equals PyTorch's -inf padding after a ReLU.
+        x = keras.layers.ZeroPadding2D(1, name="maxpool_pad")(x)
+        x = keras.layers.MaxPooling2D(3, strides=2, name="maxpool")(x)
+    return x
+
+
+def _conv3x3(filters, stride, groups, name):
+    """A standard 3x3 conv with PyTorch's padding of 1."""
+
+    def apply(x):
+        if stride > 1:
+            x = keras.layers.ZeroPadding2D(1, name=name + "_pad")(x)
+        return keras.layers.Conv2D(
+            filters, 3, strides=stride, padding="same" if stride == 1 else "valid",
+            groups=groups, use_bias=False, kernel_initializer=CONV_INIT, name=name,
+        )(x)
+
+    return apply
+
+
+def _psconv3x3(psconv):
+    def make(filters, stride, groups, name):
+        return PSConv2D(
+            filters, 3, strides=stride, padding="symmetric", groups=groups,
+            use_bias=False, kernel_initializer=CONV_INIT, name=name, **psconv,
+        )
+
+    return make
+
+
+def _conv1x1(x, filters, name, stride=1):
+    return keras.layers.Conv2D(
+        filters, 1, strides=stride, use_bias=False,
+        kernel_initializer=CONV_INIT, name=name,
+    )(x)
+
+
+def _batch_norm(x, name):
+    return keras.layers.BatchNormalization(name=name, **BATCH_NORM)(x)
+
+
+def _shortcut(x, in_filters, out_filters, stride, prefix):
+    if stride == 1 and in_filters == out_filters:
+        return x
+    x = _conv1x1(x, out_filters, prefix + "downsample_0", stride)
+    return _batch_norm(x, prefix + "downsample_1")
+
+
+def _squeeze_excite(x, filters, reduction, prefix):
+    scale = keras.layers.GlobalAveragePooling2D(keepdims=True, name=prefix + "se_pool")(x)
+    scale = keras.layers.Dense(
+        filters // reduction, activation="relu", name=prefix + "se_fc1"
+    )(scale)
+    scale = keras.layers.Dense(filters, activation="sigmoid", name=prefix + "se_fc2")(scale)
+    return keras.layers.Multiply(name=prefix + "se_scale")([x, scale])
+
+
+def _bottleneck(x, in_filters, planes, stride, groups, width_per_group,
+                se_reduction, make_conv3x3, prefix):
+    width = int(planes * width_per_group / 64) * groups
+    out_filters = planes * 4
+    shortcut = _shortcut(x, in_filters, out_filters, stride, prefix)
+    x = _conv1x1(x, width, prefix + "conv1")
+    x = keras.layers.ReLU(name=prefix + "relu1")(_batch_norm(x, prefix + "bn1"))
+    x = make_conv3x3(width, stride, groups, prefix + "conv2")(x)
+    x = keras.layers.ReLU(name=prefix + "relu2")(_batch_norm(x, prefix + "bn2"))
+    x = _batch_norm(_conv1x1(x, out_filters, prefix + "conv3"), prefix + "bn3")
+    if se_reduction:
+        x = _squeeze_excite(x, out_filters, se_reduction, prefix)
+    x = keras.layers.Add(name=prefix + "add")([x, shortcut])
+    return keras.layers.ReLU(name=prefix + "out")(x), out_filters
+
+
+def _basic(x, in_filters, planes, stride, se_reduction, make_conv3x3, prefix):
+    shortcut = _shortcut(x, in_filters, planes, stride, prefix)
+    x = make_conv3x3(planes, stride, 1, prefix + "conv1")(x)
+    x = keras.layers.ReLU(name=prefix + "relu1")(_batch_norm(x, prefix + "bn1"))
+    x = make_conv3x3(planes, 1, 1, prefix + "conv2")(x)
+    x = _batch_norm(x, prefix + "bn2")
+    if se_reduction:
+        x = _squeeze_excite(x, planes, se_reduction, prefix)
+    x = keras.layers.Add(name=prefix + "add")([x, shortcut])
+    return keras.layers.ReLU(name=prefix + "out")(x), planes

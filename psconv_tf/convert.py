@@ -1,0 +1,132 @@
+"""PSConv for any functional or Sequential Keras model."""
+
+import keras
+
+from psconv_tf import lattice
+from psconv_tf.ps_conv2d import PSConv2D
+
+
+def convert(
+    model,
+    predicate=None,
+    pattern=(1, 2, 1, 4),
+    cyclic="both",
+    layout="blocked",
+    dilation_rate=1,
+    transfer_kernels=False,
+):
+    """A copy of `model` in which chosen `Conv2D` layers are `PSConv2D`.
+
+    Every other layer keeps its configuration and weights. A converted layer
+    keeps its name, filters, kernel size, strides, groups, bias, activation,
+    initializers, regularizers and constraints, and gets the same output
+    shape.
+
+    Args:
+        model: a functional or Sequential model (nested ones are converted
+            too), e.g. `keras.applications.ResNet50(weights=None)`.
+        predicate: `fn(layer) -> bool` choosing among the `Conv2D` layers.
+            Default: every 3x3 conv with `padding="same"` and no dilation whose
+            channels fit groups x t, where t = len(pattern).
+        pattern, cyclic, layout, dilation_rate: for the new `PSConv2D` layers.
+        transfer_kernels: copy the kernels (and biases) of converted layers,
+            each kernel to its place; else they are initialized anew, as when
+            training from scratch.
+
+    Returns:
+        A new `keras.Model`.
+
+    Raises:
+        ValueError: for a subclassed model, or a chosen layer that cannot
+            become a PSConv2D (its name and the reason in the message).
+    """
+    if not _is_graph_model(model):
+        raise ValueError(
+            f"convert() rewrites functional and Sequential models; "
+            f"{type(model).__name__} is a subclassed model, whose call() it "
+            "cannot see. Use PSConv2D in its code instead."
+        )
+    pattern = lattice.validate_pattern(pattern)
+    chosen = set()
+
+    def clone(layer):
+        config = layer.get_config()
+        if type(layer) is keras.layers.Conv2D and _chosen(layer, predicate, pattern, cyclic):
+            _check_convertible(layer, pattern, cyclic)
+            chosen.add(layer.name)
+            return PSConv2D.from_config(
+                _psconv_config(config, pattern, cyclic, layout, dilation_rate)
+            )
+        return layer.__class__.from_config(config)
+
+    converted = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    _copy_weights(model, converted, chosen if not transfer_kernels else set())
+    return converted
+
+
+def _is_graph_model(model):
+    # Functional models are `keras.Function`s: graphs of layer calls.
+    return isinstance(model, (keras.Sequential, keras.Function))
+
+
+def _in_channels(layer):
+    return layer.kernel.shape[2] * layer.groups
+
+
+def _chosen(layer, predicate, pattern, cyclic):
+    if predicate is not None:
+        return bool(predicate(layer))
+    fits = True
+    try:
+        lattice.check_channels(
+            _in_channels(layer), layer.filters, layer.groups, len(pattern), cyclic
+        )
+    except ValueError:
+        fits = False
+    return (
+        fits
+        and tuple(layer.kernel_size) == (3, 3)
+        and layer.padding == "same"
+        and tuple(layer.dilation_rate) == (1, 1)
+    )
+
+
+def _check_convertible(layer, pattern, cyclic):
+    if layer.padding != "same":
+        raise ValueError(
+            f"Layer {layer.name!r} has padding={layer.padding!r}: as a PSConv2D "
+            "its output would shrink by the largest rate; only 'same' convs "
+            "keep their output shape."
+        )
+    if tuple(layer.dilation_rate) != (1, 1):
+        raise ValueError(
+            f"Layer {layer.name!r} is dilated ({layer.dilation_rate}): pass the "
+            "base rate as `dilation_rate` to convert() instead."
+        )
+    try:
+        lattice.check_channels(
+            _in_channels(layer), layer.filters, layer.groups, len(pattern), cyclic
+        )
+    except ValueError as error:
+        raise ValueError(f"Layer {layer.name!r} cannot become a PSConv2D: {error}")
+
+
+def _psconv_config(config, pattern, cyclic, layout, dilation_rate):
+    config = dict(config)
+    for key in ("lora_rank", "lora_alpha"):
+        config.pop(key, None)
+    config.update(
+        pattern=list(pattern),
+        cyclic=cyclic,
+        layout=layout,
+        dilation_rate=dilation_rate,
+    )
+    return config
+
+
+def _copy_weights(source, target, skip):
+    for old, new in zip(source.layers, target.layers):
+        if isinstance(old, keras.Model):
+            _copy_weights(old, new, skip)
+        elif old.name not in skip and old.weights:
+            new.set_weights(old.get_weights())
