@@ -80,8 +80,9 @@ def ResNet(
         pooling: without the top, `None` (the last feature map), `"avg"` or
             `"max"` (global pooling).
         feature_maps: without the top, return a dict of the stage outputs
-            {"C2": stride 4, ..., "C5": stride 32} (from "C1" upwards with the
-            CIFAR stem) for detection necks such as FPN.
+            named by stride, "Ck" at stride 2**k: {"C2": stride 4, ...,
+            "C5": stride 32} for the ImageNet stem ({"C0", "C1", "C2"} for
+            the CIFAR stem), for detection necks such as FPN.
         weights: `None` or the path of a weights file (`.weights.h5`).
         name: model name.
 
@@ -125,22 +126,23 @@ def ResNet(
     x = _stem(inputs, stem, stem_filters)
     features = {}
     in_filters = stem_filters
+    stride = 4 if stem == "imagenet" else 1
     for index, stage in enumerate(stages, start=1):
         for number in range(stage.blocks):
             prefix = f"layer{index}_{number}_"
-            stride = stage.stride if number == 0 else 1
+            block_stride = stage.stride if number == 0 else 1
             if block == "bottleneck":
                 x, in_filters = _bottleneck(
-                    x, in_filters, stage.planes, stride, groups, width_per_group,
-                    se_reduction, make_conv3x3, prefix,
+                    x, in_filters, stage.planes, block_stride, groups,
+                    width_per_group, se_reduction, make_conv3x3, prefix,
                 )
             else:
                 x, in_filters = _basic(
-                    x, in_filters, stage.planes, stride, se_reduction,
+                    x, in_filters, stage.planes, block_stride, se_reduction,
                     make_conv3x3, prefix,
                 )
-        level = index + (1 if stem == "imagenet" else 0)
-        features[f"C{level}"] = x
+        stride *= stage.stride
+        features[f"C{stride.bit_length() - 1}"] = x  # C_k has stride 2**k
 
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)

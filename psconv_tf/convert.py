@@ -59,7 +59,12 @@ def convert(
             )
         return layer.__class__.from_config(config)
 
-    converted = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    converted = keras.models.clone_model(
+        model,
+        input_tensors=_inputs_like(model),
+        clone_function=clone,
+        recursive=True,
+    )
     _copy_weights(model, converted, chosen if not transfer_kernels else set())
     return converted
 
@@ -67,6 +72,21 @@ def convert(
 def _is_graph_model(model):
     # Functional models are `keras.Function`s: graphs of layer calls.
     return isinstance(model, (keras.Sequential, keras.Function))
+
+
+def _inputs_like(model):
+    """New inputs with the names of the model's input layers, which clone_model
+    would otherwise rename (breaking inputs fed by name)."""
+    if isinstance(model, keras.Sequential):
+        return None
+    return keras.tree.map_structure(
+        lambda tensor: keras.Input(
+            batch_shape=tensor.shape,
+            dtype=tensor.dtype,
+            name=tensor._keras_history.operation.name,
+        ),
+        model.input,
+    )
 
 
 def _in_channels(layer):

@@ -208,30 +208,47 @@ class ConvPlan:
         )
 
 
-def _class_order(lines):
-    """Indices of `lines` grouped by equal line, classes by first appearance."""
-    _, first, which = np.unique(
-        lines, axis=0, return_index=True, return_inverse=True
+def _line_labels(lines):
+    """Labels lines by content: equal lines, equal labels, numbered 0, 1, ...
+    in order of first appearance. Returns (labels, first line of each label).
+    """
+    # Hash each line to one number (fast for thousands of channels), then
+    # check that lines with equal hashes are equal.
+    weights = np.random.default_rng(0).random(lines.shape[1])
+    _, first, labels = np.unique(
+        lines @ weights, return_index=True, return_inverse=True
     )
-    class_rank = np.argsort(np.argsort(first))
-    order = np.argsort(class_rank[which.ravel()], kind="stable")
-    return None if np.array_equal(order, np.arange(len(order))) else order
+    if not (lines == lines[first[labels]]).all():
+        _, first, labels = np.unique(
+            lines, axis=0, return_index=True, return_inverse=True
+        )
+    rank = np.argsort(np.argsort(first))
+    return rank[labels.ravel()], np.sort(first)
 
 
-def _runs_of_equal_lines(lines):
-    """(start, stop) of the runs of identical consecutive lines."""
-    change = np.flatnonzero((lines[1:] != lines[:-1]).any(axis=1)) + 1
-    bounds = [0] + change.tolist() + [len(lines)]
-    return tuple(zip(bounds[:-1], bounds[1:]))
+def _classes(lines):
+    """Groups equal lines into classes, numbered by first appearance.
+
+    Returns the order that makes each class contiguous (None if already so),
+    the (start, stop) of every class in that order, and one line per class.
+    """
+    labels, first = _line_labels(lines)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(labels))])
+    runs = tuple(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+    if np.array_equal(order, np.arange(len(order))):
+        order = None
+    return order, runs, first
 
 
 def compile_plan(matrix, layer_groups):
     """Groups the kernels of a dilation matrix into convolutions.
 
-    For each rate, filters that draw that rate from the same set of input
-    channels form one dense convolution (a biclique of the lattice, so nothing
-    is computed twice and no zero kernel is computed); those of equal shape
-    run together as one grouped convolution.
+    Channels with equal rates for every filter form a class, as do filters
+    with equal rows. For each rate, filters that draw that rate from the same
+    input classes form one dense convolution (a biclique of the lattice, so
+    nothing is computed twice and no zero kernel is computed); those of equal
+    shape run together as one grouped convolution.
 
     Args:
         matrix: the (filters, in_channels) dilation matrix, 0 for no kernel.
@@ -242,22 +259,28 @@ def compile_plan(matrix, layer_groups):
     """
     filters, in_channels = matrix.shape
     in_per_group = in_channels // layer_groups
-    output_order = _class_order(matrix)
-    input_order = _class_order(matrix.T)
+    output_order, output_classes, out_first = _classes(matrix)
+    input_order, input_classes, in_first = _classes(matrix.T)
     out_channel = np.arange(filters) if output_order is None else output_order
     in_channel = np.arange(in_channels) if input_order is None else input_order
-    ordered = matrix[out_channel][:, in_channel]
+    # The lattice between classes: one rate per (filter class, input class).
+    lattice = matrix[out_first][:, in_first]
+
+    def channels(classes, runs):
+        return np.concatenate([np.arange(*runs[c]) for c in classes])
+
     steps = []
-    for rate in np.unique(ordered[ordered > 0]):
-        mask = ordered == rate
-        rows, first, which = np.unique(
-            mask, axis=0, return_index=True, return_inverse=True
-        )
-        branches = []
-        for unique in np.argsort(first):
-            if rows[unique].any():
-                outputs = np.flatnonzero(which.ravel() == unique)
-                branches.append((np.flatnonzero(rows[unique]), outputs))
+    for rate in np.unique(lattice[lattice > 0]):
+        mask = lattice == rate
+        labels, first = _line_labels(mask)
+        branches = [
+            (
+                channels(np.flatnonzero(mask[row]), input_classes),
+                channels(np.flatnonzero(labels == label), output_classes),
+            )
+            for label, row in enumerate(first)
+            if mask[row].any()
+        ]
         for shape in sorted({(len(i), len(o)) for i, o in branches}):
             chosen = [(i, o) for i, o in branches if (len(i), len(o)) == shape]
             inputs = np.stack([i for i, _ in chosen])
@@ -281,8 +304,8 @@ def compile_plan(matrix, layer_groups):
         sums=_output_sums(steps, filters),
         input_order=input_order,
         output_order=output_order,
-        input_classes=_runs_of_equal_lines(ordered.T),
-        output_classes=_runs_of_equal_lines(ordered),
+        input_classes=input_classes,
+        output_classes=output_classes,
     )
 
 
