@@ -8,16 +8,11 @@ from keras import initializers
 from keras import ops
 from keras import regularizers
 
-from psconv_tf import channel_io
 from psconv_tf import conv_ops
+from psconv_tf import executor
 from psconv_tf import lattice
 
 PADDINGS = ("valid", "same", "symmetric")
-
-# Steps with at most this many groups run as separate dense convolutions:
-# measured faster than one grouped convolution on CPU (see benchmarks/), and
-# Keras sends grouped convolutions on TensorFlow through XLA, which is slow.
-MAX_SPLIT_GROUPS = 8
 
 
 def _standardize_pair(value, name):
@@ -230,7 +225,9 @@ class PSConv2D(keras.layers.Layer):
             base_rate=self.dilation_rate[0],
         )
         self._plan = lattice.compile_plan(self._matrix, self.groups)
-        self._compile_readers(in_channels)
+        self._executor = executor.PlanExecutor(
+            self._plan, in_channels, self.filters, self.groups
+        )
         self.compute_output_shape(input_shape)
         self.kernel = self.add_weight(
             name="kernel",
@@ -254,28 +251,7 @@ class PSConv2D(keras.layers.Layer):
         if transpose:
             inputs = ops.transpose(inputs, (0, 2, 3, 1))
         axis = self._channel_axis
-        plan = self._plan
-        if plan.input_order is not None:
-            inputs = ops.take(inputs, plan.input_order, axis=axis)
-        conv_inputs = channel_io.read_channels([inputs], self._input_reader, axis)
-        pieces = [
-            self._convolve(x, kernel, rate)
-            for x, kernel, rate in zip(
-                conv_inputs, self._conv_kernels(), self._conv_rates
-            )
-        ]
-        # Sum the terms block by block: one concatenation instead of one per term.
-        parts = channel_io.read_channels(pieces, self._output_reader, axis)
-        width = len(self._plan.sums)
-        blocks = []
-        for start in range(0, len(parts), width):
-            block = parts[start]
-            for part in parts[start + 1 : start + width]:
-                block = block + part
-            blocks.append(block)
-        outputs = blocks[0] if len(blocks) == 1 else ops.concatenate(blocks, axis)
-        if plan.output_order is not None:
-            outputs = ops.take(outputs, np.argsort(plan.output_order), axis=axis)
+        outputs = self._executor(inputs, self.kernel, self._convolve, axis)
         if self.use_bias:
             shape = [1, 1, 1, 1]
             shape[axis] = self.filters
@@ -297,64 +273,6 @@ class PSConv2D(keras.layers.Layer):
     @property
     def _channel_axis(self):
         return 3 if self._compute_format == "channels_last" else 1
-
-    def _compile_readers(self, in_channels):
-        """Precomputes the channel splits and concatenations of `call`.
-
-        A step with few groups runs as one dense convolution per group (see
-        MAX_SPLIT_GROUPS), else as one grouped convolution. The inputs of all
-        convolutions are read from one split of the input, their kernels from
-        blocks of the kernel, and each output term from the convolution
-        outputs, split once.
-        """
-        conv_inputs, dense, piece_sizes, piece_starts = [], [], [], []
-        self._conv_rates = []
-        for step in self._plan.steps:
-            piece_starts.append(sum(piece_sizes))
-            if step.groups > MAX_SPLIT_GROUPS:
-                conv_inputs.append(step.inputs.ravel())
-                piece_sizes.append(step.outputs.size)
-                self._conv_rates.append(step.rate)
-                continue
-            for inputs, outputs in zip(step.inputs, step.outputs):
-                conv_inputs.append(inputs)
-                dense.append((inputs, outputs))
-                piece_sizes.append(outputs.size)
-                self._conv_rates.append(step.rate)
-        self._input_reader = channel_io.channel_reader([in_channels], conv_inputs)
-        self._kernel_reader = channel_io.kernel_reader(
-            self._plan, in_channels // self.groups, dense
-        )
-        terms = []
-        for step_indices, order in self._plan.sums:
-            positions = np.concatenate([
-                piece_starts[i] + np.arange(self._plan.steps[i].outputs.size)
-                for i in step_indices
-            ])
-            terms.append(positions[order])
-        # Output blocks: filters over which every term reads one run.
-        cuts = {0, self.filters}
-        for term in terms:
-            cuts.update((np.flatnonzero(np.diff(term) != 1) + 1).tolist())
-        cuts = sorted(cuts)
-        blocks = [
-            term[start:stop]
-            for start, stop in zip(cuts[:-1], cuts[1:])
-            for term in terms
-        ]
-        self._output_reader = channel_io.channel_reader(piece_sizes, blocks)
-
-    def _conv_kernels(self):
-        """The kernel of every convolution of the plan, in order."""
-        dense = iter(channel_io.read_kernels(self.kernel, self._kernel_reader))
-        kernels = []
-        for step in self._plan.steps:
-            if step.groups > MAX_SPLIT_GROUPS:
-                flat = ops.reshape(self.kernel, self.kernel_size + (-1,))
-                kernels.append(ops.take(flat, step.kernel_index, axis=2))
-            else:
-                kernels += [next(dense) for _ in range(step.groups)]
-        return kernels
 
     @property
     def _spatial_axes(self):

@@ -1,7 +1,7 @@
-"""Reading channel selections with splits and concatenations, not gathers.
+"""How a `ConvPlan` runs: channel splits, kernel blocks and output sums.
 
-A PSConv plan reads runs of consecutive channels: its convolutions' inputs,
-their kernels and the output terms. Precomputing one split per tensor and the
+A plan reads runs of consecutive channels: its convolutions' inputs, their
+kernels and the output terms. Precomputing one split per tensor and the
 concatenations each selection needs keeps the graph free of gathers, whose
 gradients are much slower than those of splits and concatenations.
 """
@@ -11,6 +11,100 @@ from keras import ops
 
 # A selection made of more runs than this is read with one gather instead.
 MAX_RUNS = 16
+
+# Steps with at most this many groups run as separate dense convolutions:
+# measured faster than one grouped convolution on CPU (benchmarks/), and
+# Keras sends grouped convolutions on TensorFlow through XLA, which is slow.
+MAX_SPLIT_GROUPS = 8
+
+
+class PlanExecutor:
+    """Runs a `lattice.ConvPlan` with the backend's convolutions.
+
+    Args:
+        plan: the `ConvPlan` of a layer.
+        in_channels: input channels of the layer.
+        filters: output channels of the layer.
+        layer_groups: the layer's `groups`.
+    """
+
+    def __init__(self, plan, in_channels, filters, layer_groups):
+        self.plan = plan
+        conv_inputs, dense, piece_sizes, piece_starts = [], [], [], []
+        self.rates = []
+        for step in plan.steps:
+            piece_starts.append(sum(piece_sizes))
+            if step.groups > MAX_SPLIT_GROUPS:
+                conv_inputs.append(step.inputs.ravel())
+                piece_sizes.append(step.outputs.size)
+                self.rates.append(step.rate)
+                continue
+            for inputs, outputs in zip(step.inputs, step.outputs):
+                conv_inputs.append(inputs)
+                dense.append((inputs, outputs))
+                piece_sizes.append(outputs.size)
+                self.rates.append(step.rate)
+        self.input_reader = channel_reader([in_channels], conv_inputs)
+        self.kernel_reader = kernel_reader(plan, in_channels // layer_groups, dense)
+        terms = []
+        for step_indices, order in plan.sums:
+            positions = np.concatenate([
+                piece_starts[i] + np.arange(plan.steps[i].outputs.size)
+                for i in step_indices
+            ])
+            terms.append(positions[order])
+        # Output blocks: filters over which every term reads one run, so that
+        # terms add block by block and one concatenation ends the sum.
+        cuts = {0, filters}
+        for term in terms:
+            cuts.update((np.flatnonzero(np.diff(term) != 1) + 1).tolist())
+        cuts = sorted(cuts)
+        self.terms = len(terms)
+        self.output_reader = channel_reader(
+            piece_sizes,
+            [term[a:b] for a, b in zip(cuts[:-1], cuts[1:]) for term in terms],
+        )
+
+    def __call__(self, inputs, kernel, convolve, axis):
+        """The layer output without bias.
+
+        Args:
+            inputs: the layer input.
+            kernel: the layer kernel, (kh, kw, in_channels // groups, filters).
+            convolve: `fn(inputs, kernel, rate)`, one (grouped) convolution.
+            axis: the channel axis.
+        """
+        plan = self.plan
+        if plan.input_order is not None:
+            inputs = ops.take(inputs, plan.input_order, axis=axis)
+        conv_inputs = read_channels([inputs], self.input_reader, axis)
+        pieces = [
+            convolve(x, k, rate)
+            for x, k, rate in zip(conv_inputs, self._kernels(kernel), self.rates)
+        ]
+        parts = read_channels(pieces, self.output_reader, axis)
+        blocks = []
+        for start in range(0, len(parts), self.terms):
+            block = parts[start]
+            for part in parts[start + 1 : start + self.terms]:
+                block = block + part
+            blocks.append(block)
+        outputs = _concatenate(blocks, axis)
+        if plan.output_order is not None:
+            outputs = ops.take(outputs, np.argsort(plan.output_order), axis=axis)
+        return outputs
+
+    def _kernels(self, kernel):
+        """The kernel of every convolution, in order."""
+        dense = iter(read_kernels(kernel, self.kernel_reader))
+        kernels = []
+        for step in self.plan.steps:
+            if step.groups > MAX_SPLIT_GROUPS:
+                flat = ops.reshape(kernel, tuple(kernel.shape[:2]) + (-1,))
+                kernels.append(ops.take(flat, step.kernel_index, axis=2))
+            else:
+                kernels += [next(dense) for _ in range(step.groups)]
+        return kernels
 
 
 def channel_reader(sizes, selections):
