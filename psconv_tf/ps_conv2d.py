@@ -80,7 +80,7 @@ class PSConv2D(keras.layers.Layer):
 
     >>> x = keras.random.normal((2, 32, 32, 64))
     >>> layer = PSConv2D(64, 3, padding="same", use_bias=False)
-    >>> layer(x).shape
+    >>> tuple(layer(x).shape)
     (2, 32, 32, 64)
     >>> sorted(set(layer.dilation_matrix().ravel().tolist()))
     [1, 2, 4]
