@@ -12,9 +12,9 @@ from keras import ops
 # A selection made of more runs than this is read with one gather instead.
 MAX_RUNS = 16
 
-# Steps with at most this many groups run as separate dense convolutions:
-# measured faster than one grouped convolution on CPU (benchmarks/), and
-# Keras sends grouped convolutions on TensorFlow through XLA, which is slow.
+# Steps with at most this many groups run as separate dense convolutions: on
+# a 2-core CPU at 64-256 channels these ran forward+backward in 1.0-1.3x the
+# time of Conv2D, one grouped convolution of the same step in 1.2-2.0x.
 MAX_SPLIT_GROUPS = 8
 
 
