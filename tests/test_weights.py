@@ -1,0 +1,328 @@
+"""`load_torch` against an independent PyTorch model of the official layers.
+
+The PyTorch references (tests/torch_official.py) run in float64 with random
+weights and BatchNorm statistics; the loaded Keras models run in float32.
+Error measure: max|keras - torch| / max|torch|.
+"""
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+import torch_official
+from psconv_tf import PSConv2D
+from psconv_tf import models
+from psconv_tf.models.resnet import ResNet
+from psconv_tf.models.resnet import imagenet_stages
+from psconv_tf.weights import load_torch
+from psconv_tf.weights import official_dense_kernel
+
+TOLERANCE = 1e-5
+SMALL_BLOCKS = (1, 1, 1, 1)
+IMAGE_SIZE = 64
+
+
+def _relative_error(actual, expected):
+    return np.abs(actual - expected).max() / np.abs(expected).max()
+
+
+def _images(seed, channels=3, height=IMAGE_SIZE, width=IMAGE_SIZE):
+    """Float64 NCHW images."""
+    return np.random.default_rng(seed).normal(size=(2, channels, height, width))
+
+
+def _torch_output(module, images):
+    module = module.double().eval()
+    with torch.no_grad():
+        output = module(torch.from_numpy(images)).numpy()
+    return output.transpose(0, 2, 3, 1) if output.ndim == 4 else output
+
+
+def _keras_output(model, images):
+    nhwc = images.transpose(0, 2, 3, 1).astype("float32")
+    return keras.ops.convert_to_numpy(model(nhwc, training=False))
+
+
+def _torch_net(seed=0, zero_masked=True, **kwargs):
+    return torch_official.randomize_(
+        torch_official.ResNet(SMALL_BLOCKS, num_classes=10, **kwargs), seed,
+        zero_masked=zero_masked,
+    )
+
+
+def _keras_net(conv="psconv", num_classes=10, **kwargs):
+    return ResNet(
+        imagenet_stages(SMALL_BLOCKS), conv=conv, num_classes=num_classes,
+        input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), **kwargs,
+    )
+
+
+def _single_layer(filters, strides, groups, in_channels, padding="symmetric", **kwargs):
+    inputs = keras.Input((None, None, in_channels))
+    outputs = PSConv2D(
+        filters, 3, strides=strides, padding=padding, groups=groups,
+        use_bias=False, name="conv2", **kwargs,
+    )(inputs)
+    return keras.Model(inputs, outputs)
+
+
+def _prefixed(module, prefix):
+    return {prefix + key: value for key, value in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("groups", [1, 8], ids=["PSConv2d", "PSGConv2d"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_official_layer_matches(groups, stride):
+    channels = 32 * groups
+    official = torch_official.randomize_(
+        torch_official.OfficialPSConv(channels, channels, stride, groups=groups), seed=1
+    )
+    model = _single_layer(channels, stride, groups, channels)
+    load_torch(model, _prefixed(official, "conv2."))
+    # Odd height and even width: both alignments of PyTorch's stride-2 padding.
+    images = _images(2, channels, 17, 16)
+    error = _relative_error(_keras_output(model, images), _torch_output(official, images))
+    assert error < TOLERANCE
+
+
+def _probed_rates(official, in_channels, size=15):
+    """The rate of every (filter, input) kernel, read off impulse responses.
+
+    With all-ones weights, an impulse in input channel k spreads to filter c
+    over the 3x3 taps of that kernel's rate: the footprint's half-width.
+    """
+    with torch.no_grad():
+        for conv in (official.gwconv, official.gwconv_shift, official.conv):
+            conv.weight.fill_(1.0)
+    official.zero_masked_weights_()
+    impulses = torch.zeros(in_channels, in_channels, size, size, dtype=torch.float64)
+    impulses[range(in_channels), range(in_channels), size // 2, size // 2] = 1.0
+    with torch.no_grad():
+        responses = official.double()(impulses)  # (input k, filter c, h, w)
+    rows = responses.abs().sum(dim=3).numpy() > 0  # (k, c, h): rows reached
+    first = rows.argmax(axis=2)
+    last = size - 1 - rows[:, :, ::-1].argmax(axis=2)
+    rates = np.where(rows.any(axis=2), (last - first) // 2, 0)
+    return rates.T
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_official_rates_are_the_default_blocked_lattice(groups):
+    in_channels, filters = 16 * groups, 8 * groups
+    official = torch_official.OfficialPSConv(in_channels, filters, groups=groups)
+    rates = _probed_rates(official, in_channels)
+    layer = PSConv2D(filters, 3, groups=groups, padding="symmetric")
+    layer.build((None, 15, 15, in_channels))
+    np.testing.assert_array_equal(layer.dilation_matrix(), rates)
+    params = {key: value.numpy() for key, value in official.state_dict().items()}
+    _, official_rates, _ = official_dense_kernel(params, groups=groups, parts=4, dilation=2)
+    np.testing.assert_array_equal(official_rates, rates)
+
+
+def test_ps_resnet50_matches_official():
+    official = torch_official.randomize_(torch_official.ResNet((3, 4, 6, 3)), seed=3)
+    model = models.get("ps_resnet50", input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
+    assert load_torch(model, official.state_dict()) is model
+    images = _images(4)
+    error = _relative_error(_keras_output(model, images), _torch_output(official, images))
+    assert error < TOLERANCE
+
+
+def test_standard_checkpoint_loads_into_standard_twin():
+    official = _torch_net(seed=5, psconv=False)
+    model = load_torch(_keras_net(conv="standard"), official.state_dict())
+    images = _images(6)
+    error = _relative_error(_keras_output(model, images), _torch_output(official, images))
+    assert error < TOLERANCE
+
+
+def test_converted_model_round_trips_keras_file(tmp_path):
+    model = load_torch(_keras_net(), _torch_net(seed=7).state_dict())
+    path = tmp_path / "ps_resnet.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    images = _images(8)
+    np.testing.assert_array_equal(
+        _keras_output(loaded, images), _keras_output(model, images)
+    )
+
+
+def test_nonzero_masked_weights_are_refused_by_default():
+    official = _torch_net(seed=9, zero_masked=False)
+    with pytest.raises(ValueError, match="masked='compat'") as raised:
+        load_torch(_keras_net(), official.state_dict())
+    message = str(raised.value)
+    for stage in range(1, 5):
+        conv = getattr(official, f"layer{stage}")[0].conv2
+        count = int(conv.mask.sum()) * 9
+        assert f"layer{stage}_0_conv2: {count} nonzero masked weights" in message
+
+
+def test_zero_mode_drops_masked_weights():
+    official = _torch_net(seed=10, zero_masked=False)
+    model = load_torch(_keras_net(), official.state_dict(), masked="zero")
+    for module in official.modules():
+        if isinstance(module, torch_official.OfficialPSConv):
+            module.zero_masked_weights_()
+    images = _images(11)
+    error = _relative_error(_keras_output(model, images), _torch_output(official, images))
+    assert error < TOLERANCE
+
+
+def test_compat_mode_reproduces_official_grouped_mask(tmp_path):
+    """The official PSGConv2d mask covers groups 0, 8, 16, 24 of 32 only."""
+    official = _torch_net(seed=12, groups=32, width_per_group=4, mask_slip=True)
+    slipped = official.layer4[0].conv2.mask
+    intended = torch_official.OfficialPSConv.masked_positions(1024, 1024, 32, 4)
+    masked_groups = np.flatnonzero(slipped.reshape(32, -1).any(dim=1).numpy())
+    np.testing.assert_array_equal(masked_groups, [0, 8, 16, 24])
+    unmasked = int((intended & ~slipped).sum()) * 9
+    model = _keras_net(groups=32, width_per_group=4)
+    with pytest.raises(ValueError, match=f"layer4_0_conv2: {unmasked} nonzero"):
+        load_torch(model, official.state_dict())
+    compat = load_torch(model, official.state_dict(), masked="compat")
+    assert compat is not model
+    assert compat.get_layer("layer1_0_conv2") is model.get_layer("layer1_0_conv2")
+    assert isinstance(compat.get_layer("layer1_0_conv2_masked"), keras.layers.Conv2D)
+    images = _images(13)
+    expected = _torch_output(official, images)
+    assert _relative_error(_keras_output(compat, images), expected) < TOLERANCE
+    # The model passed in holds the pure PSConv part: not the official outputs.
+    assert _relative_error(_keras_output(model, images), expected) > 1e-2
+
+    path = tmp_path / "compat.keras"
+    compat.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(
+        _keras_output(loaded, images), _keras_output(compat, images)
+    )
+
+
+def test_compat_mode_without_masked_weights_returns_the_model():
+    model = _keras_net()
+    assert load_torch(model, _torch_net(seed=14).state_dict(), masked="compat") is model
+
+
+def test_reads_pth_files_and_strips_prefixes(tmp_path):
+    official = _torch_net(seed=15)
+    images = _images(16)
+    expected = _torch_output(official, images)
+    path = tmp_path / "data_parallel.pth"
+    torch.save({"state_dict": _prefixed(official, "module.")}, path)
+    model = load_torch(_keras_net(), str(path))
+    assert _relative_error(_keras_output(model, images), expected) < TOLERANCE
+
+    # A detector checkpoint: the backbone under `backbone.`, heads beside it.
+    detector = _prefixed(official, "backbone.")
+    detector = {key: value for key, value in detector.items() if ".fc." not in key}
+    detector["neck.lateral_convs.0.conv.weight"] = torch.zeros(256, 256, 1, 1)
+    backbone = _keras_net(include_top=False, pooling="avg")
+    load_torch(backbone, detector)
+    for name in ("layer4_0_conv2", "layer4_0_bn3"):
+        for loaded, reference in zip(backbone.get_layer(name).weights,
+                                     model.get_layer(name).weights):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded),
+                                          keras.ops.convert_to_numpy(reference))
+
+
+def test_missing_and_unexpected_keys_are_named():
+    state_dict = _torch_net(seed=17).state_dict()
+    del state_dict["layer2.0.bn1.running_var"]
+    state_dict["layer2.0.extra.weight"] = torch.zeros(3)
+    state_dict["layer2.0.conv1.bias"] = torch.zeros(128)  # the conv has no bias
+    with pytest.raises(ValueError) as raised:
+        load_torch(_keras_net(), state_dict)
+    message = str(raised.value)
+    assert "Missing keys (1): layer2.0.bn1.running_var." in message
+    assert "Unexpected keys (2): layer2.0.extra.weight, layer2.0.conv1.bias." in message
+
+
+def test_fc_keys_missing_suggest_include_top_false():
+    state_dict = _torch_net(seed=18).state_dict()
+    state_dict = {
+        key: value for key, value in state_dict.items() if not key.startswith("fc.")
+    }
+    with pytest.raises(ValueError, match="include_top=False"):
+        load_torch(_keras_net(), state_dict)
+
+
+def test_non_strict_loads_the_matching_layers():
+    official = _torch_net(seed=19)
+    state_dict = official.state_dict()
+    del state_dict["fc.bias"]
+    state_dict["head.weight"] = torch.zeros(3)
+    model = _keras_net()
+    fc_before = keras.ops.convert_to_numpy(model.get_layer("fc").kernel)
+    load_torch(model, state_dict, strict=False)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer("fc").kernel),
+                                  fc_before)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model.get_layer("bn1").moving_variance),
+        official.bn1.running_var.numpy(),
+    )
+
+
+def test_shape_mismatch_names_the_key():
+    state_dict = _torch_net(seed=20).state_dict()
+    with pytest.raises(ValueError, match=r"'fc.weight'.*\(10, 2048\).*\(7, 2048\)"):
+        load_torch(_keras_net(num_classes=7), state_dict)
+    key = "layer3.0.conv2.gwconv.weight"
+    state_dict[key] = state_dict[key][:, :8]
+    with pytest.raises(ValueError, match="'layer3.0.conv2.gwconv.weight'"):
+        load_torch(_keras_net(), state_dict)
+
+
+def test_conv_type_clash_is_explained():
+    clash = r"layer1_0_conv2 \(checkpoint: PSConv, model: Conv2D\)"
+    with pytest.raises(ValueError, match=clash):
+        load_torch(_keras_net(conv="standard"), _torch_net(seed=21).state_dict())
+    with pytest.raises(ValueError, match=r"checkpoint: standard conv, model: PSConv2D"):
+        load_torch(_keras_net(), _torch_net(seed=21, psconv=False).state_dict())
+
+
+@pytest.mark.parametrize(
+    "psconv_kwargs, message",
+    [
+        (dict(pattern=(1, 4, 1, 2)), "has other rates than the official"),
+        (dict(cyclic="input"), "has other rates than the official"),
+        (dict(dilation_rate=2), "has other rates than the official"),
+        (dict(strides=2, padding="same"), "has padding='same'"),
+        (dict(padding="valid"), "has padding='valid'"),
+    ],
+)
+def test_layers_unlike_the_official_layer_are_refused(psconv_kwargs, message):
+    official = torch_official.OfficialPSConv(32, 32)
+    arguments = dict(filters=32, strides=1, groups=1, in_channels=32)
+    model = _single_layer(**{**arguments, **psconv_kwargs})
+    with pytest.raises(ValueError, match=f"Layer 'conv2' {message}"):
+        load_torch(model, _prefixed(official, "conv2."))
+
+
+def test_official_dilation_is_an_argument():
+    official = torch_official.randomize_(
+        torch_official.OfficialPSConv(32, 32, dilation=1), seed=22
+    )
+    model = _single_layer(32, 1, 1, 32, pattern=(1, 1, 1, 2))
+    load_torch(model, _prefixed(official, "conv2."), dilation=1)
+    images = _images(23, 32, 12, 12)
+    error = _relative_error(_keras_output(model, images), _torch_output(official, images))
+    assert error < TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(masked="drop"), "masked"),
+        (dict(strict="yes"), "strict"),
+        (dict(dilation=0), "dilation"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        load_torch(_single_layer(32, 1, 1, 32), {}, **kwargs)
+
+
+def test_bad_source_is_named():
+    with pytest.raises(ValueError, match="path_or_state_dict"):
+        load_torch(_single_layer(32, 1, 1, 32), [1, 2, 3])
