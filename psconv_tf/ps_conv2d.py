@@ -336,11 +336,12 @@ class PSConv2D(keras.layers.Layer):
                 after_axis = out + span // stride - front - kept
                 start, rates_axis, stride_axis, step = offset, rate // stride, 1, 1
                 before_axis = front
-            index[axis] = slice(start, None, None if start is None else stride)
+            if start is not None and stride > 1:
+                index[axis] = slice(start, None, stride)
             padding.append((before_axis, after_axis))
             rates.append(rates_axis), strides.append(stride_axis)
             output_steps.append(step)
-        inputs = inputs[tuple(index)]
+        inputs = _slice(inputs, index)
         # Negative padding crops; symbolic padding is applied by a pad op.
         static = all(isinstance(v, int) for pair in padding for v in pair)
         if static:
@@ -357,8 +358,8 @@ class PSConv2D(keras.layers.Layer):
         )
         index = [slice(None)] * 4
         for axis, step in zip(axes, output_steps):
-            index[axis] = slice(None, None, step)
-        return outputs[tuple(index)]
+            index[axis] = slice(None, None, step if step > 1 else None)
+        return _slice(outputs, index)
 
     def compute_output_shape(self, input_shape):
         spatial = (1, 2) if self.data_format == "channels_last" else (2, 3)
@@ -468,5 +469,12 @@ def _crop(tensor, axes, crops):
     index = [slice(None)] * 4
     for axis, crop in zip(axes, crops):
         before, after = (crop, crop) if isinstance(crop, int) else crop
-        index[axis] = slice(before, -after or None)
+        index[axis] = slice(before or None, -after or None)
+    return _slice(tensor, index)
+
+
+def _slice(tensor, index):
+    # Skipping identity slices keeps them out of exported graphs.
+    if all(part == slice(None) for part in index):
+        return tensor
     return tensor[tuple(index)]
