@@ -30,11 +30,13 @@ class PlanExecutor:
 
     def __init__(self, plan, in_channels, filters, layer_groups):
         self.plan = plan
+        # Whether each step runs as one dense convolution per group.
+        self.split = [step.groups <= MAX_SPLIT_GROUPS for step in plan.steps]
         conv_inputs, dense, piece_sizes, piece_starts = [], [], [], []
         self.rates = []
-        for step in plan.steps:
+        for step, split in zip(plan.steps, self.split):
             piece_starts.append(sum(piece_sizes))
-            if step.groups > MAX_SPLIT_GROUPS:
+            if not split:
                 conv_inputs.append(step.inputs.ravel())
                 piece_sizes.append(step.outputs.size)
                 self.rates.append(step.rate)
@@ -98,8 +100,8 @@ class PlanExecutor:
         """The kernel of every convolution, in order."""
         dense = iter(read_kernels(kernel, self.kernel_reader))
         kernels = []
-        for step in self.plan.steps:
-            if step.groups > MAX_SPLIT_GROUPS:
+        for step, split in zip(self.plan.steps, self.split):
+            if not split:
                 flat = ops.reshape(kernel, tuple(kernel.shape[:2]) + (-1,))
                 kernels.append(ops.take(flat, step.kernel_index, axis=2))
             else:

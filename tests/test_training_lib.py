@@ -1,0 +1,216 @@
+"""train_lib: the recipes' optimizer and schedules, strategies, precision, XLA."""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import training_helpers  # noqa: F401  (puts training/ on sys.path)
+
+tf = pytest.importorskip("tensorflow")
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="TensorFlow backend only"
+)
+
+import configs  # noqa: E402  (training/, put on sys.path by training_helpers)
+import train_lib  # noqa: E402
+from configs import InputError  # noqa: E402
+from psconv_tf import PSConv2D  # noqa: E402
+
+
+def test_coupled_weight_decay_matches_torch_sgd():
+    rng = np.random.default_rng(0)
+    initial = rng.normal(size=(3, 4))
+    gradients = [rng.normal(size=(3, 4)) for _ in range(3)]
+    learning_rate, momentum, decay = 0.1, 0.9, 0.05
+
+    optimizer = train_lib.CoupledWeightDecaySGD(
+        learning_rate, momentum=momentum, coupled_weight_decay=decay
+    )
+    variable = keras.Variable(initial.astype("float32"))
+    optimizer.apply([tf.constant(gradients[0], tf.float32)], [variable])
+    # One step by hand: w - lr * (g + wd * w), the momentum buffer starting at 0.
+    expected = initial - learning_rate * (gradients[0] + decay * initial)
+    np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6)
+
+    for gradient in gradients[1:]:
+        optimizer.apply([tf.constant(gradient, tf.float32)], [variable])
+    weight = torch.tensor(initial, requires_grad=True)
+    reference = torch.optim.SGD([weight], lr=learning_rate, momentum=momentum,
+                                weight_decay=decay)
+    for gradient in gradients:
+        weight.grad = torch.tensor(gradient)
+        reference.step()
+    np.testing.assert_allclose(variable.numpy(), weight.detach().numpy(), rtol=1e-5)
+
+
+def test_coupled_weight_decay_rejects_negative_values():
+    with pytest.raises(ValueError, match="coupled_weight_decay"):
+        train_lib.CoupledWeightDecaySGD(0.1, coupled_weight_decay=-1.0)
+
+
+def _schedule_values(schedule, steps):
+    return np.array([float(schedule(step)) for step in steps])
+
+
+@pytest.mark.parametrize("warmup_epochs", [0, 1])
+def test_cosine_schedule_is_a_half_cosine_after_warmup(warmup_epochs):
+    steps_per_epoch, epochs = 7, 5
+    recipe = dataclasses.replace(configs.IMAGENET, epochs=epochs, batch_size=512,
+                                 warmup_epochs=warmup_epochs)
+    schedule = train_lib.learning_rate_schedule(recipe, steps_per_epoch)
+    peak = 0.1 * 512 / 256  # linear scaling from batch 256
+    total, warmup = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
+    steps = np.arange(total + 1)
+    expected = [
+        peak * step / warmup if step < warmup
+        else 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+        for step in steps
+    ]
+    np.testing.assert_allclose(_schedule_values(schedule, steps), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_step_schedule_drops_on_the_first_step_of_each_decay_epoch():
+    steps_per_epoch = 10
+    schedule = train_lib.learning_rate_schedule(configs.CIFAR, steps_per_epoch)
+    steps = [0, 1499, 1500, 2249, 2250, 2999]
+    np.testing.assert_allclose(
+        _schedule_values(schedule, steps), [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6
+    )
+
+
+def test_recipe_validation_names_the_field():
+    with pytest.raises(ValueError, match="`epochs` must be a positive integer"):
+        dataclasses.replace(configs.IMAGENET, epochs=0)
+    with pytest.raises(ValueError, match="`decay_epochs` must be increasing"):
+        dataclasses.replace(configs.CIFAR, decay_epochs=(225, 150))
+    with pytest.raises(ValueError, match="`warmup_epochs` applies to the cosine"):
+        dataclasses.replace(configs.CIFAR, warmup_epochs=1)
+
+
+def test_strategy_errors_are_clear(monkeypatch):
+    with pytest.raises(InputError, match="--strategy tpu: no TPU answered at --tpu 'no-such-tpu'"):
+        train_lib.create_strategy("tpu", tpu="no-such-tpu")
+    with pytest.raises(InputError, match="--strategy tpu: no TPU answered"):
+        train_lib.create_strategy("tpu")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(InputError, match="needs TF_CONFIG"):
+        train_lib.create_strategy("multiworker")
+    if not tf.config.list_physical_devices("GPU"):
+        with pytest.raises(InputError, match="sees no GPU"):
+            train_lib.create_strategy("gpu")
+    with pytest.raises(InputError, match="--strategy must be one of"):
+        train_lib.create_strategy("mirrored")
+    assert isinstance(train_lib.create_strategy("cpu"), tf.distribute.OneDeviceStrategy)
+
+
+def test_precision_and_xla_defaults_by_device():
+    expected_precision = {"tpu": "mixed_bfloat16", "gpu": "mixed_float16", "cpu": "float32"}
+    for kind, policy in expected_precision.items():
+        assert train_lib.resolve_precision("auto", kind) == policy
+        assert train_lib.resolve_precision("fp32", kind) == "float32"
+        assert train_lib.resolve_jit_compile("auto", kind) == (kind != "cpu")
+        assert train_lib.resolve_jit_compile("on", kind) is True
+    assert train_lib.device_kind(tf.distribute.get_strategy()) in ("cpu", "gpu")
+    with pytest.raises(InputError, match="--precision must be one of"):
+        train_lib.resolve_precision("fp16", "gpu")
+    with pytest.raises(InputError, match="mixed_float16 needs a GPU"):
+        train_lib.resolve_precision("mixed_float16", "cpu")
+
+
+# A few steps of the real loop on a small model without BatchNorm, whose
+# result cannot depend on how the batch is split between replicas.
+
+BATCH, STEPS = 16, 3
+
+
+def _tiny_model(pattern=(1, 2, 1, 4)):
+    inputs = keras.Input((8, 8, 8))
+    x = PSConv2D(8, 3, padding="same", pattern=pattern, name="psconv")(inputs)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(6, name="fc")(x))
+
+
+def _dataset_fn(training):
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(BATCH * STEPS, 8, 8, 8)).astype("float32")
+    labels = rng.integers(0, 6, BATCH * STEPS).astype("int32")
+
+    def dataset_fn(context):
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        dataset = dataset.repeat() if training else dataset
+        return dataset.batch(context.get_per_replica_batch_size(BATCH), drop_remainder=training)
+
+    return dataset_fn
+
+
+def _train(strategy, run_dir, pattern=(1, 2, 1, 4), **options):
+    keras.utils.set_random_seed(1)
+    recipe = dataclasses.replace(configs.IMAGENET, epochs=1, batch_size=BATCH,
+                                 reference_batch_size=BATCH, weight_decay=1e-2)
+    trainer = train_lib.Trainer(
+        strategy, lambda: _tiny_model(pattern), recipe, STEPS,
+        train_lib.RunOptions(str(run_dir), verbose=0, **options),
+    )
+    initial = trainer.model.get_weights()
+    metrics = trainer.fit(_dataset_fn(True), _dataset_fn(False), {"model": "tiny"})
+    assert metrics["steps_done"] == STEPS
+    assert int(trainer.optimizer.iterations.numpy()) == STEPS
+    assert not np.allclose(initial[0], trainer.model.get_weights()[0])
+    return trainer, metrics
+
+
+def _assert_same_training(a, b, tolerance):
+    for x, y in zip(a[0].model.get_weights(), b[0].model.get_weights()):
+        np.testing.assert_allclose(x, y, rtol=tolerance, atol=tolerance)
+    for name in ("loss", "top1", "top5"):
+        np.testing.assert_allclose(a[1]["final"][name], b[1]["final"][name],
+                                   rtol=tolerance, atol=tolerance)
+
+
+def test_mirrored_strategy_and_xla_train_as_the_default_strategy(tmp_path):
+    default = _train(tf.distribute.get_strategy(), tmp_path / "default")
+    devices = [device.name for device in tf.config.list_logical_devices("CPU")]
+    assert len(devices) == 2, "conftest sets up two logical CPUs"
+    # Reduction to one device, not collective ops: collective instance keys
+    # restart with every strategy and clash with an earlier test's in the process.
+    mirrored_strategy = tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
+    mirrored = _train(mirrored_strategy, tmp_path / "mirrored")
+    _assert_same_training(default, mirrored, 1e-5)
+    xla = _train(tf.distribute.get_strategy(), tmp_path / "xla", jit_compile=True)
+    _assert_same_training(default, xla, 1e-4)
+
+
+# TensorFlow's CPU kernels have no float16 gradients for dilated convolutions:
+# the float16 run here uses rate 1 only (pattern (1,)).
+@pytest.mark.parametrize("policy, compute_dtype, pattern, tolerance", [
+    ("mixed_float16", "float16", (1,), 1e-2),
+    ("mixed_bfloat16", "bfloat16", (1, 2, 1, 4), 5e-2),
+])
+def test_mixed_precision_trains_close_to_float32(tmp_path, policy, compute_dtype, pattern,
+                                                 tolerance):
+    reference = _train(tf.distribute.get_strategy(), tmp_path / "fp32", pattern)
+    mixed = _train(tf.distribute.get_strategy(), tmp_path / policy, pattern, precision=policy)
+    assert mixed[0].model.get_layer("psconv").compute_dtype == compute_dtype
+    assert isinstance(mixed[0].optimizer, keras.optimizers.LossScaleOptimizer) == (
+        policy == "mixed_float16")
+    assert keras.config.dtype_policy().name == "float32", "the global policy is restored"
+    _assert_same_training(reference, mixed, tolerance)
+    best = keras.models.load_model(tmp_path / policy / "best.keras", compile=False)
+    assert best.get_layer("psconv").dtype_policy.name == "float32"
+    for x, y in zip(best.get_weights(), mixed[0].model.get_weights()):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_batch_must_split_evenly_between_replicas(tmp_path):
+    devices = [device.name for device in tf.config.list_logical_devices("CPU")]
+    recipe = dataclasses.replace(configs.IMAGENET, batch_size=15)
+    with pytest.raises(InputError, match="--batch-size 15 must be divisible by the 2 replicas"):
+        train_lib.Trainer(tf.distribute.MirroredStrategy(devices), _tiny_model, recipe, 3,
+                          train_lib.RunOptions(str(tmp_path)))

@@ -1,0 +1,95 @@
+"""Shared pieces of the training tests: the scripts' folder, data writers, runs.
+
+The training scripts import their sibling modules as plain modules (they run
+as `python training/<script>.py`), so the tests put training/ on sys.path.
+"""
+
+import gzip
+import json
+import os
+import pickle
+import socket
+import struct
+import sys
+
+import numpy as np
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAINING_DIR = os.path.join(REPO_DIR, "training")
+if TRAINING_DIR not in sys.path:
+    sys.path.insert(0, TRAINING_DIR)
+
+
+def random_images(count, shape, seed):
+    return np.random.default_rng(seed).integers(0, 256, (count, *shape), dtype=np.uint8)
+
+
+def write_cifar10(folder, num_train=160, num_test=40, seed=0):
+    """Writes CIFAR-10's python-pickle batches; returns the arrays, NHWC."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    train = random_images(num_train, (32, 32, 3), seed), rng.integers(0, 10, num_train)
+    test = random_images(num_test, (32, 32, 3), seed + 1), rng.integers(0, 10, num_test)
+    # CIFAR rows are the red, green and blue planes, each row-major.
+    planes = lambda images: images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    batches = {f"data_batch_{i + 1}": part
+               for i, part in enumerate(np.array_split(np.arange(num_train), 5))}
+    for name, indices in batches.items():
+        _pickle(os.path.join(folder, name),
+                {b"data": planes(train[0][indices]), b"labels": train[1][indices].tolist()})
+    _pickle(os.path.join(folder, "test_batch"),
+            {b"data": planes(test[0]), b"labels": test[1].tolist()})
+    return train, test
+
+
+def _pickle(path, data):
+    with open(path, "wb") as file:
+        pickle.dump(data, file)
+
+
+def write_fashion_mnist(folder, num_train=256, num_test=64, seed=0):
+    """Writes Fashion-MNIST's four gzipped IDX files; returns the arrays."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    splits = {
+        "train": (random_images(num_train, (28, 28), seed), rng.integers(0, 10, num_train)),
+        "t10k": (random_images(num_test, (28, 28), seed + 1), rng.integers(0, 10, num_test)),
+    }
+    for prefix, (images, labels) in splits.items():
+        _write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), images)
+        _write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), labels.astype(np.uint8))
+    return splits["train"], splits["t10k"]
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as file:
+        file.write(header + array.astype(np.uint8).tobytes())
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def script_command(script, *args):
+    return [sys.executable, os.path.join(TRAINING_DIR, script), *map(str, args)]
+
+
+def script_env(**variables):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **variables)
+    env.pop("TF_CONFIG", None)
+    env.update(variables)
+    return env
+
+
+def read_log(run_dir):
+    """The JSON records of a run folder's log.jsonl."""
+    with open(os.path.join(run_dir, "log.jsonl")) as file:
+        return [json.loads(line) for line in file]
+
+
+def read_json(path):
+    with open(path) as file:
+        return json.load(file)
