@@ -102,7 +102,13 @@ def test_mirrored_strategy_training_equals_single_device():
     x = _input((16, 15, 15, 16))
     y = np.random.default_rng(1).normal(size=(16, 16)).astype("float32")
     single = _fit(tf.distribute.get_strategy(), x, y)
-    mirrored = _fit(tf.distribute.MirroredStrategy([d.name for d in devices]), x, y)
+    # Reduction on one device: collective ops of strategies made earlier in
+    # the same process could clash with this one's.
+    strategy = tf.distribute.MirroredStrategy(
+        [d.name for d in devices],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
+    )
+    mirrored = _fit(strategy, x, y)
     for a, b in zip(single, mirrored):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 

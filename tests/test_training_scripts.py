@@ -9,6 +9,7 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import training_helpers
 from training_helpers import read_json
@@ -181,8 +182,17 @@ def test_imagenet_on_class_folders_writes_a_complete_run_dir(tmp_path):
     images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(rebuilt.predict(images, verbose=0),
                                best.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
-    assert metrics["best"]["val_top1"] == max(
-        record["val_top1"] for record in read_log(run_dir) if record["event"] == "epoch")
+    epochs = [record for record in read_log(run_dir) if record["event"] == "epoch"]
+    assert metrics["best"]["val_top1"] == max(record["val_top1"] for record in epochs)
+    # TensorBoard's event files hold the figures of log.jsonl.
+    logged = {}
+    for path in tf.io.gfile.glob(str(run_dir / "logs" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                logged[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+    last = epochs[-1]
+    assert logged[("val_top1", last["steps_done"])] == pytest.approx(last["val_top1"])
+    assert logged[("loss", last["steps_done"])] == pytest.approx(last["loss"])
     message = _error_message(imagenet.main, _imagenet_args(
         tmp_path / "data", run_dir, "--model", "cifar_resnet56"))
     assert "holds the backup of another model" in message

@@ -93,7 +93,8 @@ def main(argv=None):
     path = os.path.join(train_lib.worker_output_dir(strategy, args.run_dir), "quick_run.json")
     train_lib.write_json(path, summary)
     print(f"\nFashion-MNIST, {summary['train_examples']} training images, "
-          f"{recipe.epochs} epochs, test set of {summary['test_examples']}:")
+          f"{recipe.epochs} epoch{'s' * (recipe.epochs != 1)}, "
+          f"test set of {summary['test_examples']}:")
     print("| model | test top-1 | training + evaluation |")
     print("|---|---|---|")
     for name, result in results.items():

@@ -21,7 +21,6 @@ lost; the order of the data after a restart is a fresh shuffle.
 """
 
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
@@ -419,8 +418,7 @@ class Trainer:
           best validation metrics), every `backup_every` steps and epoch;
         - best.keras: the model (float32) of the best validation top-1;
         - log.jsonl: one JSON record per start, epoch and backup;
-        - logs/: TensorBoard scalars (when the tensorboard package is
-          installed);
+        - logs/: TensorBoard scalars;
         - metrics.json: the final and best validation metrics.
 
         Args:
@@ -570,12 +568,7 @@ class _RunLog:
         self.output_dir = output_dir
         self.trainer = trainer
         self.path = os.path.join(output_dir, "log.jsonl")
-        self.summaries = None
-        if importlib.util.find_spec("tensorboard") is not None:
-            self.summaries = tf.summary.create_file_writer(os.path.join(output_dir, "logs"))
-        elif trainer.options.verbose:
-            print("TensorBoard is not installed (pip install tensorboard): "
-                  "logs/ is skipped; log.jsonl has the same figures.", flush=True)
+        self.summaries = tf.summary.create_file_writer(os.path.join(output_dir, "logs"))
 
     def _position(self):
         steps_done = int(self.trainer.steps_done.numpy())
@@ -595,11 +588,11 @@ class _RunLog:
         val_logs = {f"val_{name}": value for name, value in eval_logs.items()}
         self.record("epoch", completed_epoch=epoch, steps=steps, seconds=round(seconds, 2),
                     **train_logs, **val_logs)
-        if self.summaries is not None:
-            with self.summaries.as_default(step=int(self.trainer.steps_done.numpy())):
-                for name, value in {**train_logs, **val_logs}.items():
-                    tf.summary.scalar(name, value)
-                tf.summary.scalar("learning_rate", self.trainer.learning_rate)
+        with self.summaries.as_default(step=int(self.trainer.steps_done.numpy())):
+            for name, value in {**train_logs, **val_logs}.items():
+                tf.summary.scalar(name, value)
+            tf.summary.scalar("learning_rate", self.trainer.learning_rate)
+        self.summaries.flush()
         if self.trainer.options.verbose:
             print(" - ".join(f"{name}: {value:.4f}" for name, value in val_logs.items()),
                   flush=True)
