@@ -41,6 +41,17 @@ def conv2d(inputs, kernel, strides, padding, dilation_rate, data_format):
                 padding = [[0, 0], [0, 0]] + spatial
         else:
             padding = padding.upper()
+        if inputs.dtype == tf.float16 and max(rates) > 1:
+            # CPU kernels have no float16 gradient for dilated convolutions;
+            # tf.nn.convolution runs the dilation as space-to-batch instead.
+            return tf.nn.convolution(
+                inputs,
+                kernel,
+                strides=strides,
+                padding=padding,
+                data_format="NHWC" if data_format == "channels_last" else "NCHW",
+                dilations=dilation_rate,
+            )
         return tf.nn.conv2d(
             inputs,
             kernel,

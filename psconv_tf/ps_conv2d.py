@@ -76,6 +76,11 @@ class PSConv2D(keras.layers.Layer):
     Input channels must be divisible by groups * t (where rates vary along
     inputs) and filters by groups * t (where they vary along filters).
 
+    With strides, a rate that is a multiple of the stride runs as a conv at
+    rate / stride over the subsampled input; any other rate > 1 (say 3 at
+    stride 2) runs at stride 1 and subsamples its output, spending stride**2
+    times that term's multiply-accumulates.
+
     Example:
 
     >>> x = keras.random.normal((2, 32, 32, 64))

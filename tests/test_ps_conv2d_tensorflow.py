@@ -62,15 +62,33 @@ def test_xla_gradients_equal_graph_gradients():
     "policy, dtype, tolerance",
     [("mixed_float16", "float16", 5e-3), ("mixed_bfloat16", "bfloat16", 3e-2)],
 )
-def test_mixed_precision(policy, dtype, tolerance):
-    x = _input()
-    layer = _layer(policy=policy)
-    y = layer(x)
+def test_mixed_precision_forward_and_gradients(policy, dtype, tolerance):
+    x = tf.constant(_input())
+    mixed = _layer(policy=policy)
+    exact = _layer()
+    mixed.build(x.shape)
+    exact.build(x.shape)
+    exact.set_weights(mixed.get_weights())
+    assert mixed.kernel.dtype == "float32"
+
+    def outputs_and_gradients(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(tf.cast(y, "float32") ** 2)
+        return y, tape.gradient(loss, [x, layer.kernel.value])
+
+    y, gradients = outputs_and_gradients(mixed)
     assert y.dtype == dtype
-    assert layer.kernel.dtype == "float32"
-    expected = _reference(layer, x)
+    expected = _reference(mixed, x.numpy())
     error = np.abs(y.numpy().astype(np.float64) - expected).max()
     assert error <= tolerance * np.abs(expected).max()
+    _, exact_gradients = outputs_and_gradients(exact)
+    for gradient, exact_gradient in zip(gradients, exact_gradients):
+        scale = np.abs(exact_gradient.numpy()).max()
+        np.testing.assert_allclose(
+            gradient.numpy(), exact_gradient.numpy(), atol=4 * tolerance * scale
+        )
 
 
 def test_dynamic_spatial_size_with_same_padding_and_stride():
