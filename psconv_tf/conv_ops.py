@@ -13,7 +13,7 @@ def conv2d(inputs, kernel, strides, padding, dilation_rate, data_format):
         strides: tuple of 2 ints.
         padding: "same" (TensorFlow's convention), "valid", or explicit
             ((top, bottom), (left, right)).
-        dilation_rate: int.
+        dilation_rate: int or tuple of 2 ints.
         data_format: "channels_last" or "channels_first".
     """
     if keras.backend.backend() == "tensorflow":
@@ -41,18 +41,12 @@ def conv2d(inputs, kernel, strides, padding, dilation_rate, data_format):
                 padding = [[0, 0], [0, 0]] + spatial
         else:
             padding = padding.upper()
+        convolve = tf.nn.conv2d
         if inputs.dtype == tf.float16 and max(rates) > 1:
             # CPU kernels have no float16 gradient for dilated convolutions;
             # tf.nn.convolution runs the dilation as space-to-batch instead.
-            return tf.nn.convolution(
-                inputs,
-                kernel,
-                strides=strides,
-                padding=padding,
-                data_format="NHWC" if data_format == "channels_last" else "NCHW",
-                dilations=dilation_rate,
-            )
-        return tf.nn.conv2d(
+            convolve = tf.nn.convolution
+        return convolve(
             inputs,
             kernel,
             strides=strides,
