@@ -140,3 +140,17 @@ def test_saved_model_export_matches(tmp_path):
     np.testing.assert_allclose(
         restored.serve(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("padding", ["valid", "same", "symmetric"])
+def test_unknown_spatial_size_with_stride_in_a_model(padding, jit_compile):
+    inputs = keras.Input((None, None, 16))
+    layer = _layer(padding=padding)
+    model = keras.Model(inputs, layer(inputs))
+    function = tf.function(model, jit_compile=jit_compile)
+    x = _input((2, 17, 18, 16))
+    expected = _reference(layer, x)
+    np.testing.assert_allclose(
+        function(x).numpy(), expected, atol=2e-4 * np.abs(expected).max()
+    )
