@@ -8,7 +8,7 @@ from keras import initializers
 from keras import ops
 from keras import regularizers
 
-from psconv_tf import conv_ops
+from psconv_tf import autotune
 from psconv_tf import executor
 from psconv_tf import explicit_matrix
 from psconv_tf import lattice
@@ -16,7 +16,6 @@ from psconv_tf import rate_conv
 
 PADDINGS = rate_conv.PADDINGS
 IMPLEMENTATIONS = ("auto",) + executor.IMPLEMENTATIONS
-DEFAULT_IMPLEMENTATION = "split"
 
 
 def _is_positive_int(value):
@@ -90,6 +89,19 @@ class PSConv2D(keras.layers.Layer):
             `dilation_matrix()` returns it, is accepted too. `dilation_rate`
             multiplies it. Stored in the config as run-length text, see
             `psconv_tf.explicit_matrix`.
+
+    Implementation: every one of these computes the same function.
+        implementation: `"auto"` (default: measured per input shape and
+            cached, see `psconv_tf.autotune`; with PSCONV_TF_AUTOTUNE=0 or
+            where nothing was measured, `"split"`), or one of:
+            `"split"`: one convolution per rate and input-class selection,
+            each run in all layer groups at once;
+            `"grouped"`: one grouped convolution per rate and branch shape;
+            `"masked"`: one convolution per rate over all channels with the
+            kernel masked to that rate (more MACs, fewest ops; tiny layers).
+        Gathers: none with the blocked layout; otherwise wherever a channel
+        selection has more than `executor.MAX_RUNS` runs (the interleaved
+        layout, explicit matrices with scattered rates); none in "masked".
 
     With a pattern, input channels must be divisible by groups * t (where
     rates vary along inputs) and filters by groups * t (where they vary along
@@ -301,7 +313,8 @@ class PSConv2D(keras.layers.Layer):
                 base_rate=self.dilation_rate[0],
             )
         self._plan = lattice.compile_plan(self._matrix, self.groups)
-        self._executor = self._make_executor(self.implementation, in_channels)
+        self._in_channels = in_channels
+        self._executors = {}
         self.compute_output_shape(input_shape)
         self.kernel = self.add_weight(
             name="kernel",
@@ -320,12 +333,15 @@ class PSConv2D(keras.layers.Layer):
                 constraint=self.bias_constraint,
             )
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         transpose = self._compute_format != self.data_format
         if transpose:
             inputs = ops.transpose(inputs, (0, 2, 3, 1))
         axis = self._channel_axis
-        outputs = self._executor(inputs, self.kernel, self._compute_format)
+        implementation = self.implementation
+        if implementation == "auto":
+            implementation = autotune.choose(self, inputs, bool(training))
+        outputs = self.implementation_executor(implementation)(inputs, self.kernel)
         if self.use_bias:
             shape = [1, 1, 1, 1]
             shape[axis] = self.filters
@@ -344,6 +360,17 @@ class PSConv2D(keras.layers.Layer):
             return "channels_last"
         return self.data_format
 
+    def implementation_executor(self, implementation):
+        """`fn(inputs, kernel)`: the layer without bias and activation, in
+        the compute format (channels last on TensorFlow), by one of
+        `executor.IMPLEMENTATIONS`."""
+        if implementation not in self._executors:
+            run = self._make_executor(implementation, self._in_channels)
+            self._executors[implementation] = (
+                lambda inputs, kernel: run(inputs, kernel, self._compute_format)
+            )
+        return self._executors[implementation]
+
     def _make_executor(self, implementation, in_channels):
         convs = {
             rate: rate_conv.RateConv(
@@ -352,8 +379,6 @@ class PSConv2D(keras.layers.Layer):
             )
             for rate in self.rates
         }
-        if implementation == "auto":
-            implementation = DEFAULT_IMPLEMENTATION
         if implementation == "masked":
             rates = explicit_matrix.compress(self._matrix, self.groups)
             return executor.MaskedExecutor(rates, convs)
@@ -364,10 +389,6 @@ class PSConv2D(keras.layers.Layer):
     @property
     def _channel_axis(self):
         return 3 if self._compute_format == "channels_last" else 1
-
-    @property
-    def _spatial_axes(self):
-        return (1, 2) if self._compute_format == "channels_last" else (2, 3)
 
     def compute_output_shape(self, input_shape):
         spatial = (1, 2) if self.data_format == "channels_last" else (2, 3)
