@@ -5,8 +5,9 @@ Every variant of a shape is timed in the same process, in interleaved rounds
 Conv2D; backward passes differentiate sum(y ** 2) (see `timing.py`). Runs on
 the Keras backend that KERAS_BACKEND names. Variants:
 - conv2d: `keras.layers.Conv2D`, the standard 3x3 convolution;
-- psconv2d: `PSConv2D` with the paper's pattern (1, 2, 1, 4), its default
-  implementation or the one --implementation names;
+- psconv2d: `PSConv2D` with the paper's pattern (1, 2, 1, 4), "auto" (the
+  tuner measures it eagerly first, per mode) or the one --implementation
+  names;
 - naive: the same function as three dense convolutions at rates 1, 2 and 4
   with masked kernels (3x the multiply-accumulates);
 - dilated: `Conv2D(dilation_rate=2)`, the paper's reference point.
@@ -33,6 +34,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import timing  # noqa: E402
 from psconv_tf import PSConv2D  # noqa: E402
+
+try:
+    from psconv_tf import autotune  # noqa: E402
+except ImportError:  # versions without the tuner
+    autotune = None
 
 SETS = {
     "resnet50": [(8, 64, 56, 1), (8, 128, 28, 1), (8, 256, 14, 1), (8, 512, 7, 1)],
@@ -100,6 +106,9 @@ def measure(batch, channels, size, groups, rounds, implementation=None):
     x = x.astype("float32")
     layers = variants(channels, groups, implementation)
     layers["psconv2d"].build(x.shape)
+    if hasattr(autotune, "tune"):  # "auto" measures now, eagerly, per mode
+        for training in (False, True):
+            autotune.tune(layers["psconv2d"], x, training=training)
     runs = {}
     for name, layer in layers.items():
         for mode, run in timing.runners(layer, x).items():

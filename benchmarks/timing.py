@@ -14,7 +14,8 @@ import numpy as np
 
 def runners(layer, x):
     """{"forward": fn, "forward+backward": fn}; each fn blocks until done."""
-    layer.build(x.shape) if not layer.built else None
+    if not layer.built:
+        layer.build(x.shape)
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return _tensorflow(layer, x)
@@ -36,7 +37,7 @@ def _tensorflow(layer, x):
     def forward_backward():
         with tf.GradientTape() as tape:
             tape.watch(x)
-            y = layer(x)
+            y = layer(x, training=True)
             loss = tf.reduce_sum(y * y)
         return tape.gradient(loss, [x] + layer.trainable_weights)
 
@@ -55,7 +56,7 @@ def _jax(layer, x):
     fixed = [v.value for v in layer.non_trainable_variables]
 
     def loss(trainable, x):
-        y, _ = layer.stateless_call(trainable, fixed, x)
+        y, _ = layer.stateless_call(trainable, fixed, x, training=True)
         return jnp.sum(y * y)
 
     forward = jax.jit(lambda trainable, x: layer.stateless_call(trainable, fixed, x)[0])
@@ -79,7 +80,7 @@ def _torch(layer, x):
         inputs = x.clone().requires_grad_(True)
         for weight in layer.trainable_weights:
             weight.value.grad = None
-        y = layer(inputs)
+        y = layer(inputs, training=True)
         (y * y).sum().backward()
         return inputs.grad
 

@@ -10,6 +10,11 @@ Every implementation computes the same function (Eq. 3) from the same kernel:
 - `"masked"`: one convolution per rate over all channels, with the kernel
   masked to the kernels of that rate (the textbook form: as many times
   Conv2D's MACs as there are rates, but the fewest ops; for tiny layers).
+- `"grouped_s2b"`: `"grouped"` with every dilated convolution at stride 1
+  run at rate 1 over the input's rate x rate phases moved into the batch
+  (`rate_conv.RateConv.space_to_batch`): two copies more, but far faster
+  backward passes where groups have few channels (ResNeXt) on TensorFlow's
+  CPU, whose dilated kernels are slow there.
 
 Reads. A plan's convolutions read runs of consecutive channels: inputs,
 kernels and output terms are cut with one split per tensor and joined with
@@ -26,7 +31,7 @@ import dataclasses
 import numpy as np
 from keras import ops
 
-IMPLEMENTATIONS = ("split", "grouped", "masked")
+IMPLEMENTATIONS = ("split", "grouped", "masked", "grouped_s2b")
 
 # A selection made of more runs than this is read with one gather instead.
 MAX_RUNS = 16
@@ -145,7 +150,7 @@ class PlanExecutor:
         plan: the `ConvPlan` of a layer.
         convs: {rate: `rate_conv.RateConv`} of the layer.
         in_per_group: input channels per layer group (the kernel's axis 2).
-        implementation: "split" or "grouped".
+        implementation: "split", "grouped" or "grouped_s2b".
     """
 
     def __init__(self, plan, convs, in_per_group, implementation):

@@ -98,7 +98,9 @@ class PSConv2D(keras.layers.Layer):
             each run in all layer groups at once;
             `"grouped"`: one grouped convolution per rate and branch shape;
             `"masked"`: one convolution per rate over all channels with the
-            kernel masked to that rate (more MACs, fewest ops; tiny layers).
+            kernel masked to that rate (more MACs, fewest ops; tiny layers);
+            `"grouped_s2b"`: `"grouped"`, dilation run as space-to-batch at
+            stride 1 (fast backward passes for few channels per group).
         Gathers: none with the blocked layout; otherwise wherever a channel
         selection has more than `executor.MAX_RUNS` runs (the interleaved
         layout, explicit matrices with scattered rates); none in "masked".
@@ -376,6 +378,7 @@ class PSConv2D(keras.layers.Layer):
             rate: rate_conv.RateConv(
                 rate, self.kernel_size, self.strides, self.padding,
                 max(self.rates), self._compute_format,
+                space_to_batch=implementation == "grouped_s2b",
             )
             for rate in self.rates
         }

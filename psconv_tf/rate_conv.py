@@ -74,6 +74,11 @@ class RateConv:
         padding: "valid", "same" or "symmetric" (see the module docstring).
         largest_rate: the layer's largest rate (for "valid").
         data_format: the format the convolution computes in.
+        space_to_batch: run the dilation as a rate-1 convolution over the
+            rate x rate phases of the input moved into the batch (where the
+            stride is 1, the format channels last and the size static):
+            two copies, but TensorFlow's CPU differentiates dilated
+            convolutions with few channels per group slowly.
     """
 
     rate: int
@@ -82,6 +87,7 @@ class RateConv:
     padding: str
     largest_rate: int
     data_format: str
+    space_to_batch: bool = False
 
     @property
     def axes(self):
@@ -97,6 +103,11 @@ class RateConv:
             inputs = crop(inputs, {i: (a.valid_crop,) * 2 for i, a in self.axes})
         if self.rate > 1 and max(self.strides) > 1:
             return self._strided_dilated(inputs, kernel)
+        if (
+            self.space_to_batch and self.rate > 1 and self.data_format == "channels_last"
+            and all(isinstance(inputs.shape[i], int) for i in (1, 2))
+        ):
+            return self._phases(inputs, kernel)
         return conv_ops.conv2d(
             inputs, kernel, self.strides, self._op_padding(), self.rate,
             self.data_format,
@@ -108,6 +119,28 @@ class RateConv:
         # "symmetric" at stride 1 equals "same": the spans are even (the
         # layer checks), so TensorFlow's rule pads span / 2 on each side.
         return "same" if self.padding != "valid" else "valid"
+
+    def _phases(self, inputs, kernel):
+        """Stride 1: output row r * q + p is a rate-1 convolution of input
+        rows p, p + r, ... (the phase p), so the r x r phases go to the batch,
+        one rate-1 convolution runs, and the phases interleave back."""
+        r = self.rate
+        lengths, pads = [], {}
+        for index, axis in self.axes:
+            length = inputs.shape[index]
+            before, after = axis.pads(length)
+            lengths.append(axis.output_length(length))
+            padded = length + before + after
+            pads[index] = (before, after + (-padded) % r)
+        x = pad(inputs, pads)
+        n, h, w, c = ops.shape(x)
+        x = ops.reshape(x, (n, h // r, r, w // r, r, c))
+        x = ops.reshape(ops.transpose(x, (2, 4, 0, 1, 3, 5)), (r * r * n, h // r, w // r, c))
+        y = conv_ops.conv2d(x, kernel, (1, 1), "valid", 1, "channels_last")
+        _, ho, wo, f = ops.shape(y)
+        y = ops.transpose(ops.reshape(y, (r, r, n, ho, wo, f)), (2, 3, 0, 4, 1, 5))
+        y = ops.reshape(y, (n, ho * r, wo * r, f))
+        return crop(y, {1: (0, ho * r - lengths[0]), 2: (0, wo * r - lengths[1])})
 
     def _strided_dilated(self, inputs, kernel):
         shape = ops.shape(inputs)

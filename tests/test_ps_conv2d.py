@@ -435,3 +435,20 @@ def test_empty_batch_gives_empty_output(padding, stride, size, implementation):
     layer = PSConv2D(4, 3, strides=stride, padding=padding, implementation=implementation)
     y = layer(np.zeros((0, 16, 16, 16), "float32"))
     assert tuple(y.shape) == (0, size, size, 4)
+
+
+@pytest.mark.parametrize("strides, padding", [(1, "same"), (2, "valid")])
+def test_native_conv2d_equals_conv2d(strides, padding):
+    from psconv_tf import NativeConv2D
+
+    x = np.random.default_rng(7).normal(size=(2, 11, 11, 16)).astype("float32")
+    native = NativeConv2D(8, 3, strides=strides, padding=padding, groups=4)
+    native.build(x.shape)
+    expected = reference.conv_valid(
+        reference._pad(x.astype(np.float64), [(1, 1)] * 2 if padding == "same" else [(0, 0)] * 2),
+        reference.dense_from_grouped(ops.convert_to_numpy(native.kernel), 4),
+        (strides, strides), 1,
+    ) + ops.convert_to_numpy(native.bias)
+    _assert_close(ops.convert_to_numpy(native(x)), expected)
+    clone = keras.layers.deserialize(keras.layers.serialize(native))
+    assert type(clone) is NativeConv2D and clone.get_config() == native.get_config()
