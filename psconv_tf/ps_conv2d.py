@@ -93,7 +93,8 @@ class PSConv2D(keras.layers.Layer):
     Implementation: every one of these computes the same function.
         implementation: `"auto"` (default: measured per input shape and
             cached, see `psconv_tf.autotune`; with PSCONV_TF_AUTOTUNE=0 or
-            where nothing was measured, `"split"`), or one of:
+            where nothing was measured, `"masked"` for layers of at most
+            1024 kernels and `"split"` above), or one of:
             `"split"`: one convolution per rate and input-class selection,
             each run in all layer groups at once;
             `"grouped"`: one grouped convolution per rate and branch shape;

@@ -103,7 +103,10 @@ def test_switched_off_uses_the_default_and_writes_nothing(tuner, monkeypatch):
     layer = _layer()
     layer(_x())
     assert calls == [] and _files(folder) == []
-    assert autotune.choose(layer, _x(), True) == autotune.DEFAULT == "split"
+    assert autotune.choose(layer, _x(), True) == "masked"  # 4 x 8 kernels
+    large = PSConv2D(64, 3, padding="same")
+    large.build((None, 9, 9, 64))
+    assert autotune.choose(large, np.zeros((1, 9, 9, 64), "float32"), True) == "split"
 
 
 def test_a_failed_write_leaves_no_file(tuner, monkeypatch):
