@@ -23,9 +23,10 @@ def conv2d(inputs, kernel, strides, padding, dilation_rate, data_format):
         import tensorflow as tf
 
         rates = (dilation_rate,) * 2 if isinstance(dilation_rate, int) else dilation_rate
-        if not isinstance(padding, str) and max(rates) > 1:
-            # CPU kernels cannot differentiate dilated convolutions with
-            # explicit padding: pad first.
+        grouped = kernel.shape[2] != inputs.shape[3 if data_format == "channels_last" else 1]
+        if not isinstance(padding, str) and (max(rates) > 1 or grouped):
+            # CPU kernels cannot differentiate dilated or grouped convolutions
+            # with explicit padding: pad first.
             inputs = _pad(inputs, padding, data_format)
             padding = "valid"
         if not isinstance(padding, str):
