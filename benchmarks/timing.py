@@ -6,6 +6,7 @@ constant gradient and flatters every ratio). TensorFlow runs `tf.function`,
 JAX `jax.jit` of the stateless call, PyTorch eager mode.
 """
 
+import inspect
 import time
 
 import keras
@@ -55,8 +56,10 @@ def _jax(layer, x):
     trainable = [v.value for v in layer.trainable_variables]
     fixed = [v.value for v in layer.non_trainable_variables]
 
+    extra = {"training": True} if "training" in inspect.signature(layer.call).parameters else {}
+
     def loss(trainable, x):
-        y, _ = layer.stateless_call(trainable, fixed, x, training=True)
+        y, _ = layer.stateless_call(trainable, fixed, x, **extra)
         return jnp.sum(y * y)
 
     forward = jax.jit(lambda trainable, x: layer.stateless_call(trainable, fixed, x)[0])
