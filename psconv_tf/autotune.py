@@ -76,9 +76,23 @@ def choose(layer, inputs, training):
     """The implementation for `layer` on `inputs` (see the module docstring)."""
     if not enabled():
         return default(layer)
+    memo = (tuple(inputs.shape), str(inputs.dtype), bool(training), _forced[0])
+    choices = layer.__dict__.setdefault("_autotune_choices", {})
+    if memo in choices:
+        return choices[memo]
+    choice = _choose(layer, inputs, training)
+    if choice is not None:
+        choices[memo] = choice
+        return choice
+    return default(layer)
+
+
+def _choose(layer, inputs, training):
+    """A measured or cached choice, or None (nothing measured, nothing to
+    measure with)."""
     shape = tuple(inputs.shape)
     if any(not isinstance(d, int) for d in shape):
-        return default(layer)
+        return None
     key = _key(layer, shape, keras.backend.standardize_dtype(inputs.dtype), training)
     text = json.dumps(key, sort_keys=True)
     if text in _memory:
@@ -86,7 +100,7 @@ def choose(layer, inputs, training):
     choice = _load(text)
     if choice is None:
         if not _concrete(inputs):
-            return default(layer)
+            return None
         times = measure(layer, shape, inputs.dtype, training)
         choice = min(times, key=times.get)
         _store(text, choice, times)
@@ -220,12 +234,15 @@ def _key(layer, shape, dtype, training):
         "strides": list(layer.strides),
         "padding": layer.padding,
         "groups": layer.groups,
-        "matrix": hashlib.sha256(
-            np.ascontiguousarray(layer.dilation_matrix(), np.int64).tobytes()
-        ).hexdigest()[:16],
+        "matrix": matrix_digest(layer.dilation_matrix()),
         "mode": "train" if training else "infer",
         "candidates": list(executor.IMPLEMENTATIONS),
     }
+
+
+def matrix_digest(matrix):
+    """A short digest of a dilation matrix, for cache keys."""
+    return hashlib.sha256(np.ascontiguousarray(matrix, np.int64).tobytes()).hexdigest()[:16]
 
 
 def _path(text):
