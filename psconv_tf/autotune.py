@@ -15,8 +15,9 @@ depends on the backend, the device, the shapes and the dtype. A layer with
   key is used, else `default(layer)`. Run the model eagerly once first, or
   call `tune(model, inputs)`, to measure before tracing.
 - `PSCONV_TF_AUTOTUNE=0` turns measuring and the cache off: "auto" is then
-  always `default(layer)` ("masked" up to MASKED_KERNELS kernels, else
-  "split"), for deterministic tests and exports.
+  always `default(layer)` ("masked" on a GPU under JAX; elsewhere "masked"
+  up to MASKED_KERNELS kernels, else "split"), for deterministic tests and
+  exports.
 
 The cache: one JSON file per key in `PSCONV_TF_AUTOTUNE_CACHE`, else
 `$XDG_CACHE_HOME/psconv_tf/autotune` (~/.cache/...), named by the SHA-256 of
@@ -37,12 +38,16 @@ import warnings
 import keras
 import numpy as np
 
+from psconv_tf import conv_ops
 from psconv_tf import executor
 
 # The default where nothing is measured: "masked" for layers of at most
 # MASKED_KERNELS kernels (in_channels // groups * filters), "split" above.
 # On a 2-core CPU (TensorFlow 2.21) "masked" ran fastest at 16@28² and
 # 32@14² and at ResNeXt's 4 channels per group, "split" at ResNet-50's sizes.
+# On a GPU under JAX "masked" is the default at every size: on an H100 it ran
+# fastest at every ResNet-50 and small shape (one large convolution per rate
+# beats many small ones there; see benchmarks/accelerator_speed.py).
 DEFAULT = "split"
 MASKED_KERNELS = 1024
 ENVIRONMENT = "PSCONV_TF_AUTOTUNE"
@@ -68,6 +73,8 @@ def cache_dir():
 
 def default(layer):
     """The implementation used where nothing is measured (see MASKED_KERNELS)."""
+    if conv_ops.jax_on_gpu():
+        return "masked"
     kernels = layer.kernel.shape[2] * layer.kernel.shape[3]
     return "masked" if kernels <= MASKED_KERNELS else DEFAULT
 

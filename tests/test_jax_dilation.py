@@ -60,3 +60,48 @@ def test_values_and_gradients_match_native(data_format, rates, groups, size):
             return jax.grad(value)(k)
 
         np.testing.assert_allclose(penalty(ours), penalty(native), rtol=1e-10)
+
+
+GPU_ROUTE_SCRIPT = r"""
+import numpy as np, jax, keras
+from psconv_tf import PSConv2D, conv_ops
+
+def run(layer, x):
+    weights = [v.value for v in layer.trainable_variables]
+    def loss(weights, x):
+        y, _ = layer.stateless_call(weights, [], x)
+        return (y ** 2).sum()
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(weights, x)
+
+worst = 0.0
+x = keras.random.normal((2, 13, 11, 16), seed=1)
+for padding in ("same", "valid", "symmetric"):
+    for implementation in ("split", "grouped", "masked"):
+        layer = PSConv2D(8, 3, padding=padding, groups=2, pattern=(1, 2, 4, 2),
+                         implementation=implementation)
+        layer.build(x.shape)
+        conv_ops.jax_on_gpu = lambda: False
+        expected = jax.tree_util.tree_leaves(run(layer, x))
+        conv_ops.jax_on_gpu = lambda: True
+        got = jax.tree_util.tree_leaves(run(layer, x))
+        for a, b in zip(got, expected):
+            worst = max(worst, float(np.abs(a - b).max() / np.abs(b).max()))
+print("WORST", worst)
+"""
+
+
+def test_gpu_route_of_the_layer_matches_the_native_route():
+    """PSConv2D with conv_ops' GPU route forced on, against the plain route:
+    loss and gradients at every padding and implementation, under JAX."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", GPU_ROUTE_SCRIPT],
+        env=dict(os.environ, KERAS_BACKEND="jax"),
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    worst = float(result.stdout.split("WORST")[-1])
+    assert worst < 1e-5, worst
