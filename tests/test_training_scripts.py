@@ -9,23 +9,22 @@ import time
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import training_helpers
+from psconv_tf import models
 from training_helpers import read_json
 from training_helpers import read_log
 
+pytestmark = pytest.mark.tensorflow
 tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="TensorFlow backend only"
-)
 
-import cifar  # noqa: E402  (training/, put on sys.path by training_helpers)
-import imagenet  # noqa: E402
-import quick_run  # noqa: E402
-import train_lib  # noqa: E402
-from psconv_tf import models  # noqa: E402
+from psconv_tf.training import cli  # noqa: E402  (needs TensorFlow)
+from psconv_tf.training.run_config import RunConfig  # noqa: E402
+
+cifar = training_helpers.load_script("cifar")
+imagenet = training_helpers.load_script("imagenet")
+quick_run = training_helpers.load_script("quick_run")
 
 # Tiny CIFAR-10 runs: 160 images, batches of 16, 10 steps per epoch.
 CIFAR_STEPS_PER_EPOCH = 10
@@ -40,7 +39,7 @@ def _cifar_args(data_dir, run_dir, *extra):
 
 def _error_message(main, argv):
     with pytest.raises(SystemExit) as exit_info:
-        train_lib.run_main(main, argv)
+        cli.run_main(main, argv)
     return str(exit_info.value.code)
 
 
@@ -177,7 +176,8 @@ def test_imagenet_on_class_folders_writes_a_complete_run_dir(tmp_path):
     assert config["recipe"]["weight_decay"] == 1e-4 and config["recipe"]["warmup_epochs"] == 0.5
     # config.json rebuilds the model that best.keras holds.
     best = keras.models.load_model(run_dir / "best.keras", compile=False)
-    rebuilt = models.get(config["model"], **config["model_kwargs"])
+    rebuilt = models.get(config["model"],
+                         **RunConfig.from_dict(config).model_arguments())
     rebuilt.set_weights(best.get_weights())
     images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(rebuilt.predict(images, verbose=0),
@@ -195,7 +195,8 @@ def test_imagenet_on_class_folders_writes_a_complete_run_dir(tmp_path):
     assert logged[("loss", last["steps_done"])] == pytest.approx(last["loss"])
     message = _error_message(imagenet.main, _imagenet_args(
         tmp_path / "data", run_dir, "--model", "cifar_resnet56"))
-    assert "holds the backup of another model" in message
+    assert message.startswith(f"error: --run-dir: {run_dir} holds a run with other settings")
+    assert "model: 'cifar_resnet20' -> 'cifar_resnet56'" in message
 
 
 def test_imagenet_on_mock_tfds(tmp_path):
@@ -207,33 +208,83 @@ def test_imagenet_on_mock_tfds(tmp_path):
     assert 0 <= metrics["final"]["top1"] <= 1
 
 
-def test_bad_input_gets_a_clear_message(tmp_path, capsys):
+def _cifar_data(tmp_path):
     training_helpers.write_cifar10(str(tmp_path / "cifar"), 32, 8)
-    message = _error_message(cifar.main, _cifar_args(tmp_path / "cifar", tmp_path / "run",
-                                                     "--model", "resnet9000"))
-    assert message.startswith("error: --model: unknown model 'resnet9000'; choose from")
-    assert "ps_resnet50" in message
+    return tmp_path / "cifar"
 
+
+def _image_data(tmp_path):
+    _write_image_tree(str(tmp_path / "images"), "train", ("cat",), 2)
+    _write_image_tree(str(tmp_path / "images"), "val", ("cat",), 1)
+    return tmp_path / "images"
+
+
+def _broken_run_folder(tmp_path):
+    """A run folder with a backup and a config.json that is not JSON."""
+    data = _image_data(tmp_path)
+    imagenet.main(_imagenet_args(data, tmp_path / "run", "--steps-per-epoch", 1))
+    (tmp_path / "run" / "config.json").write_text('{"model": ')
+    return data
+
+
+# (script, setup(tmp_path) -> data folder, extra arguments, message start).
+BAD_INPUT = {
+    "unknown-model": ("cifar", _cifar_data, ["--model", "resnet9000"],
+                      "error: --model: unknown model 'resnet9000'; choose from"),
+    "missing-data": ("imagenet", lambda tmp_path: tmp_path / "missing", [],
+                     "error: --data-dir: no folder {tmp_path}/missing."),
+    "no-tpu": ("imagenet", lambda tmp_path: tmp_path, ["--strategy", "tpu", "--tpu", "no-such-tpu"],
+               "error: --tpu: no TPU answered at 'no-such-tpu'"),
+    "pattern-3": ("cifar", _cifar_data, ["--model", "ps_cifar_resnet20", "--pattern", "1,2,3"],
+                  "error: --pattern: ps_cifar_resnet20 cannot be built with pattern=[1, 2, 3]"),
+    "pattern-0": ("cifar", _cifar_data, ["--model", "ps_cifar_resnet20", "--pattern", "0,2"],
+                  "error: --pattern: Argument `pattern` must be a non-empty sequence of positive"),
+    "run-dir-file": ("cifar", _cifar_data, ["--run-dir", "{tmp_path}/cifar/test_batch"],
+                     "error: --run-dir: {tmp_path}/cifar/test_batch is a file, not a folder."),
+    "broken-config": ("imagenet", _broken_run_folder, ["--steps-per-epoch", 1],
+                      "error: --run-dir: {tmp_path}/run/config.json is not valid JSON"),
+    "replay-missing": ("cifar", _cifar_data, ["--config", "{tmp_path}/none.json"],
+                       "error: --config: no file {tmp_path}/none.json."),
+    "decay-cosine": ("imagenet", _image_data, ["--decay-epochs", "2"],
+                     "error: --decay-epochs: applies to --schedule step only."),
+    "warmup-step": ("cifar", _cifar_data, ["--warmup-epochs", "1"],
+                    "error: --warmup-epochs: applies to the cosine schedule only."),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT.values(), ids=BAD_INPUT.keys())
+def test_bad_input_gets_a_one_line_message(tmp_path, case):
+    script, setup, extra, expected = case
+    data_dir = setup(tmp_path)
+    extra = [str(arg).format(tmp_path=tmp_path) for arg in extra]
+    if script == "cifar":
+        message = _error_message(cifar.main, _cifar_args(data_dir, tmp_path / "run", *extra))
+    else:
+        message = _error_message(imagenet.main, _imagenet_args(data_dir, tmp_path / "run", *extra))
+    assert message.startswith(expected.format(tmp_path=tmp_path)), message
+    assert "\n" not in message and "Traceback" not in message
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--learning-rate", "nan"), ("--learning-rate", "inf"), ("--weight-decay", "nan"),
+    ("--momentum", "-inf"), ("--learning-rate", "1e999"), ("--warmup-epochs", "nan"),
+])
+def test_non_finite_arguments_are_refused(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        cifar.main(_cifar_args(tmp_path, tmp_path / "run", f"{flag}={value}"))
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: must be a finite number, got '{value}'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_choice_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit):
         cifar.main(["--dataset", "svhn"])
     assert "argument --dataset: invalid choice: 'svhn'" in capsys.readouterr().err
 
-    message = _error_message(imagenet.main, _imagenet_args(tmp_path / "missing", tmp_path / "run"))
-    assert message == f"error: --data-dir: no folder {tmp_path / 'missing'}."
 
-    message = _error_message(imagenet.main, _imagenet_args(
-        tmp_path, tmp_path / "run", "--strategy", "tpu", "--tpu", "no-such-tpu"))
-    assert message.startswith("error: --strategy tpu: no TPU answered at --tpu 'no-such-tpu'")
-
-    _write_image_tree(str(tmp_path / "images"), "train", ("cat",), 2)
-    _write_image_tree(str(tmp_path / "images"), "val", ("cat",), 1)
-    (tmp_path / "images" / "val" / "cat" / "broken.jpg").write_bytes(b"not a JPEG")
-    message = _error_message(imagenet.main, _imagenet_args(
-        tmp_path / "images", tmp_path / "run_corrupt", "--steps-per-epoch", 1))
-    assert message.startswith("error: the input pipeline failed")
-    assert "Corrupt image file" in message and "broken.jpg" in message
-
-    message = _error_message(quick_run.main, ["--data-dir", str(tmp_path / "cifar")])
+def test_missing_quick_run_data_says_how_to_get_it(tmp_path):
+    message = _error_message(quick_run.main, ["--data-dir", str(_cifar_data(tmp_path))])
     assert "No fashion_mnist data found" in message
     assert "apt-get install dataset-fashion-mnist" in message
 
