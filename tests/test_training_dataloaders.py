@@ -7,6 +7,7 @@ and last rows and columns, and every other pixel is predicted from them.
 """
 
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -116,15 +117,17 @@ def test_jpeg_crops_decode_the_window_of_the_image():
         assert 0.08 - 0.01 <= crop_height * crop_width / (height * width) <= 1
 
 
+# The files of a class folder, in order: JPEGs and PNGs, upper- and lower-case.
+CLASS_FILES = (("0.JPEG", tf.io.encode_jpeg), ("1.png", tf.io.encode_png),
+               ("2.JPEG", tf.io.encode_jpeg))
+
+
 def _write_class_tree(folder, colors, images_per_class=3):
     for name, color in colors.items():
         os.makedirs(os.path.join(folder, name))
-        for index in range(images_per_class):
-            image = np.broadcast_to(np.array(color, np.uint8), (40, 50, 3))
-            encode = tf.io.encode_png if index % 2 else tf.io.encode_jpeg
-            extension = ".png" if index % 2 else ".JPEG"
-            path = os.path.join(folder, name, f"{index}{extension}")
-            tf.io.write_file(path, encode(image))
+        image = np.broadcast_to(np.array(color, np.uint8), (40, 50, 3))
+        for file_name, encode in CLASS_FILES[:images_per_class]:
+            tf.io.write_file(os.path.join(folder, name, file_name), encode(image))
     with open(os.path.join(folder, next(iter(colors)), "notes.txt"), "w") as file:
         file.write("not an image, skipped by its extension")
 
@@ -288,3 +291,36 @@ def test_small_dataset_bad_input(tmp_path):
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(InputError, match="train-images-idx3-ubyte.gz is not a readable gzip"):
         small_data.load_small_dataset("fashion_mnist", str(tmp_path), download=False)
+
+
+class _Planted:
+    """Unpickles into a call of os.system: what a planted CIFAR batch does."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_planted_cifar_batch_runs_nothing(tmp_path):
+    training_helpers.write_cifar10(str(tmp_path / "data"), 50, 10)
+    marker = tmp_path / "marker"
+    planted = pickle.dumps({b"data": _Planted(f"touch {marker}"), b"labels": [0]})
+    # By construction: plain pickle runs the command of this file.
+    pickle.loads(planted)
+    assert marker.exists()
+    marker.unlink()
+    (tmp_path / "data" / "data_batch_1").write_bytes(planted)
+    with pytest.raises(InputError, match="data_batch_1 is not a CIFAR python batch.*system"):
+        small_data.load_small_dataset("cifar10", str(tmp_path / "data"), download=False)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x04garbage", pickle.dumps([1, 2, 3])],
+                         ids=["empty", "garbage", "not-a-dict"])
+def test_malformed_cifar_batch_is_named(tmp_path, content):
+    training_helpers.write_cifar10(str(tmp_path), 50, 10)
+    (tmp_path / "test_batch").write_bytes(content)
+    with pytest.raises(InputError, match="test_batch is not a CIFAR python batch"):
+        small_data.load_small_dataset("cifar10", str(tmp_path), download=False)

@@ -81,7 +81,8 @@ class Progress:
             return
         if not self.plain:
             return
-        due = self.last_printed is None or step // self.every > self.last_printed // self.every
+        last = self.last_printed or 0
+        due = step // self.every > last // self.every
         if not (due or finished) or step == self.last_printed:
             return
         self.last_printed = step
