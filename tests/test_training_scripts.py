@@ -20,6 +20,7 @@ tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from psconv_tf.training import cli  # noqa: E402  (needs TensorFlow)
+from psconv_tf.training import configs  # noqa: E402
 from psconv_tf.training.run_config import RunConfig  # noqa: E402
 
 cifar = training_helpers.load_script("cifar")
@@ -313,3 +314,135 @@ def test_help_documents_every_flag(script):
         assert action.help, f"{action.option_strings} has no help"
     if script is imagenet:
         assert "downloads/manual" in text and "train/<class>" in text
+
+
+def test_resume_refuses_other_settings_and_says_where_it_resumes(tmp_path, capsys):
+    training_helpers.write_cifar10(str(tmp_path / "data"))
+    base = _cifar_args(tmp_path / "data", tmp_path / "run", "--epochs", 1, "--strategy", "cpu")
+    cifar.main(base)
+    config_path = tmp_path / "run" / "seed_0" / "config.json"
+    stored = config_path.read_bytes()
+
+    message = _error_message(cifar.main, base + ["--batch-size", "8", "--momentum", "0.5"])
+    assert message.startswith(f"error: --run-dir: {tmp_path / 'run' / 'seed_0'} holds a run "
+                              "with other settings (stored -> given): ")
+    assert "recipe.batch_size: 16 -> 8" in message and "recipe.momentum: 0.9 -> 0.5" in message
+    assert f"--config {config_path}" in message
+    message = _error_message(cifar.main, base + ["--epochs", "2"])
+    assert "recipe.epochs: 1 -> 2" in message and "--allow-changes" in message
+    assert config_path.read_bytes() == stored  # refused runs write nothing
+
+    capsys.readouterr()
+    summary = cifar.main(base + ["--epochs", "2", "--allow-changes", "--verbose", "2"])
+    output = capsys.readouterr().out
+    assert f"Resuming {tmp_path / 'run' / 'seed_0'} at epoch 2, step 0 (10 steps done)." in output
+    assert read_json(tmp_path / "run" / "seed_0" / "metrics.json")["steps_done"] == 20
+    assert read_json(config_path)["recipe"]["epochs"] == 2
+    assert summary["seeds"] == [0]
+
+
+def test_config_replays_a_run_with_overrides(tmp_path):
+    training_helpers.write_cifar10(str(tmp_path / "data"))
+    cifar.main(_cifar_args(tmp_path / "data", tmp_path / "first", "--epochs", 1,
+                           "--learning-rate", 0.05, "--nesterov", "--train-examples", 64,
+                           "--strategy", "cpu"))
+    first = RunConfig.from_dict(read_json(tmp_path / "first" / "seed_0" / "config.json"))
+    cifar.main(["--config", str(tmp_path / "first" / "seed_0" / "config.json"),
+                "--run-dir", str(tmp_path / "second"), "--verbose", "0"])
+    second = RunConfig.from_dict(read_json(tmp_path / "second" / "seed_0" / "config.json"))
+    assert first.differences(second) == []
+    assert second.recipe.learning_rate == 0.05 and second.train_examples == 64
+    cifar.main(["--config", str(tmp_path / "first" / "seed_0" / "config.json"),
+                "--run-dir", str(tmp_path / "third"), "--verbose", "0", "--epochs", "2"])
+    third = RunConfig.from_dict(read_json(tmp_path / "third" / "seed_0" / "config.json"))
+    assert first.differences(third) == [("recipe.decay_epochs", [], [1]),
+                                        ("recipe.epochs", 1, 2)]
+    message = _error_message(imagenet.main, ["--config", str(tmp_path / "first" / "seed_0" /
+                                                             "config.json")])
+    assert message.startswith("error: --config: ") and "was written by cifar, not by imagenet" in message
+
+
+def test_seeds_report_final_and_best_error(tmp_path):
+    training_helpers.write_cifar10(str(tmp_path / "data"))
+    summary = cifar.main(_cifar_args(tmp_path / "data", tmp_path / "run", "--epochs", 2,
+                                     "--seeds", 2, "--train-examples", 32, "--strategy", "cpu"))
+    for kind, key in (("final", lambda m: m["final"]["top1"]),
+                      ("best", lambda m: m["best"]["val_top1"])):
+        errors = [100 * (1 - key(read_json(tmp_path / "run" / f"seed_{seed}" / "metrics.json")))
+                  for seed in (0, 1)]
+        reported = summary[f"{kind}_top1_error_percent"]
+        np.testing.assert_allclose(reported["values"], errors)
+        np.testing.assert_allclose(reported["mean"], (errors[0] + errors[1]) / 2)
+        np.testing.assert_allclose(reported["std"], abs(errors[0] - errors[1]) / 2**0.5)
+    config = read_json(tmp_path / "run" / "seed_1" / "config.json")
+    assert config["recipe"]["nesterov"] is True and config["seed"] == 1
+
+
+def test_default_run_folder_is_per_model(tmp_path, monkeypatch):
+    data = _image_data(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = [arg for arg in _imagenet_args(data, "x", "--steps-per-epoch", 1)]
+    run_dir_at = args.index("--run-dir")
+    del args[run_dir_at: run_dir_at + 2]
+    imagenet.main(args)
+    imagenet.main(args[:args.index("--model")] + ["--model", "cifar_resnet56"]
+                  + args[args.index("--model") + 2:])
+    assert sorted(os.listdir(tmp_path / "runs")) == ["cifar_resnet20", "cifar_resnet56"]
+
+
+@pytest.mark.parametrize("arguments, schedule, decay_epochs", [
+    ([], "cosine", []),
+    (["--schedule", "step"], "step", [30, 60, 90]),
+    (["--schedule", "step", "--decay-epochs", "40,80", "--decay-factor", "0.5"], "step", [40, 80]),
+], ids=["cosine", "step-default", "step-given"])
+def test_imagenet_schedules(tmp_path, arguments, schedule, decay_epochs):
+    args = imagenet.build_parser().parse_args(["--data-dir", str(tmp_path), *arguments])
+    recipe = cli.recipe_from_args(configs.IMAGENET, args, imagenet._decay_epochs)
+    assert (recipe.schedule, list(recipe.decay_epochs)) == (schedule, decay_epochs)
+    assert recipe.epochs == 120 and recipe.nesterov is False
+
+
+def test_undecodable_images_are_skipped_counted_and_listed(tmp_path, capsys):
+    data = _image_data(tmp_path)
+    bad_train = data / "train" / "cat" / "truncated.jpg"
+    bad_train.write_bytes((data / "train" / "cat" / "0.jpg").read_bytes()[:300])
+    bad_val = data / "val" / "cat" / "text.jpg"
+    bad_val.write_bytes(b"not a JPEG")
+    metrics = imagenet.main(_imagenet_args(data, tmp_path / "run", "--steps-per-epoch", 2,
+                                           "--batch-size", 1, "--epochs", 2))
+    assert metrics["skipped_images"] == {"train": {"count": 1, "files": [str(bad_train)]},
+                                         "eval": {"count": 1, "files": [str(bad_val)]}}
+    assert read_json(tmp_path / "run" / "metrics.json")["skipped_images"] == metrics["skipped_images"]
+    skipped = {(record["split"], record["file"]) for record in read_log(tmp_path / "run")
+               if record["event"] == "skipped_image"}
+    assert skipped == {("train", str(bad_train)), ("eval", str(bad_val))}
+
+    capsys.readouterr()
+    imagenet.main(_imagenet_args(data, tmp_path / "checked", "--steps-per-epoch", 1,
+                                 "--check-images"))
+    output = capsys.readouterr().out
+    assert f"train: 1 of 3 images cannot be decoded\n  {bad_train}" in output
+    assert f"val: 1 of 2 images cannot be decoded\n  {bad_val}" in output
+    checked = read_json(tmp_path / "checked" / "metrics.json")["skipped_images"]
+    assert checked["train"]["count"] == checked["eval"]["count"] == 0
+
+
+def test_diverging_run_exits_with_an_error_and_saves_nothing(tmp_path):
+    training_helpers.write_cifar10(str(tmp_path / "data"))
+    args = _cifar_args(tmp_path / "data", tmp_path / "run", "--epochs", 1,
+                       "--learning-rate", "1e30", "--strategy", "cpu")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(cifar.main, args)
+    assert str(exit_info.value.code).startswith("error: the training loss became ")
+    assert "Lower the learning rate" in str(exit_info.value.code)
+    assert not (tmp_path / "run" / "seed_0" / "best.keras").exists()
+    assert not (tmp_path / "run" / "seed_0" / "metrics.json").exists()
+
+
+def test_scripts_run_from_any_folder_without_path_setup(tmp_path):
+    for script in ("imagenet.py", "cifar.py", "quick_run.py"):
+        result = subprocess.run(training_helpers.script_command(script, "--help"),
+                                cwd=tmp_path, env=training_helpers.script_env(),
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "--config" in result.stdout

@@ -15,7 +15,7 @@ def learning_rate_schedule(recipe, steps_per_epoch):
         steps_per_epoch: optimizer steps per epoch.
 
     Returns:
-        A float, or a `keras.optimizers.schedules.LearningRateSchedule`.
+        A `keras.optimizers.schedules.LearningRateSchedule`.
 
     >>> from psconv_tf.training import configs
     >>> schedule = learning_rate_schedule(configs.CIFAR, steps_per_epoch=10)
@@ -32,7 +32,9 @@ def learning_rate_schedule(recipe, steps_per_epoch):
             0.0, total_steps - warmup_steps, warmup_target=peak, warmup_steps=warmup_steps
         )
     if not recipe.decay_epochs:
-        return peak
+        # A schedule all the same, so that the optimizer's state (and a
+        # backup of it) has the same variables whatever the recipe.
+        return keras.optimizers.schedules.PiecewiseConstantDecay([total_steps], [peak, peak])
     # PiecewiseConstantDecay keeps values[i] while step <= boundaries[i].
     boundaries = [epoch * steps_per_epoch - 1 for epoch in recipe.decay_epochs]
     values = [peak * recipe.decay_factor**i for i in range(len(boundaries) + 1)]
