@@ -35,6 +35,11 @@ from psconv_tf.training.trainer import RunOptions
 from psconv_tf.training.trainer import Trainer
 
 MODELS = ("resnet50", "ps_resnet50")
+STEP_TABLE = "| measure | standard | PS | PS / standard |\n|---|---|---|---|"
+PIPELINE_TABLE = ("| input pipeline, images/s | skipping undecodable images | without the guard "
+                  "| ratio |\n|---|---|---|---|")
+# The README's tables, as printed.
+TABLES = (STEP_TABLE, PIPELINE_TABLE)
 
 
 def write_jpegs(folder, count, seed=0):
@@ -135,15 +140,12 @@ def main():
     speeds = step_speeds(args.image_size, args.batch, args.rounds)
     print(f"\nBatch {args.batch} at {args.image_size}², medians of {args.rounds} "
           "interleaved rounds:\n")
-    print("| measure | standard | PS | PS / standard |")
-    print("|---|---|---|---|")
+    print(STEP_TABLE)
     print(f"| ResNet-50 train step, images/s | {speeds['resnet50']:.1f} | "
           f"{speeds['ps_resnet50']:.1f} | {speeds['ps_resnet50'] / speeds['resnet50']:.2f}x |")
     print(f"\nInput pipeline, {args.jpegs} generated JPEGs, medians of {args.rounds} "
           "interleaved rounds:\n")
-    print("| input pipeline, images/s | skipping undecodable images | without the guard "
-          "| ratio |")
-    print("|---|---|---|---|")
+    print(PIPELINE_TABLE)
     with tempfile.TemporaryDirectory() as folder:
         write_jpegs(folder, args.jpegs)
         for training in (True, False):

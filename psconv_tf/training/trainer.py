@@ -92,11 +92,12 @@ class Trainer:
         steps_per_epoch: optimizer steps per epoch.
         options: `RunOptions`.
 
-    Example:
+    Example (what `classification.train` does):
 
-    >>> trainer = Trainer(tf.distribute.get_strategy(), build_model, recipe, 390,
-    ...                   RunOptions("runs/demo"))  # doctest: +SKIP
-    >>> metrics = trainer.fit(train_input, eval_input, config)  # doctest: +SKIP
+        trainer = Trainer(strategy, lambda: models.get(config.model,
+                                                       **config.model_arguments()),
+                          config.recipe, steps_per_epoch, RunOptions("runs/demo"))
+        metrics = trainer.fit(train_input, eval_input, config, callbacks=[...])
     """
 
     def __init__(self, strategy, build_model, recipe, steps_per_epoch, options):
