@@ -7,9 +7,10 @@ Modules, one job each:
 - `strategy`: the `tf.distribute` strategy, precision and XLA;
 - `preprocessing`, `image_data`, `small_data`: ImageNet-style and
   small-image input pipelines (undecodable images skipped and named);
-- `trainer`: `Trainer` and `RunOptions`, the resumable loop (callbacks
+- `trainer`, `metrics`: `Trainer` and `RunOptions`, the resumable loop (callbacks
   welcome);
-- `run_config`: the run folder and its typed `config.json` (`RunConfig`);
+- `run_config`: the run folder and its typed `config.json` (`RunConfig`),
+  and the check that a resumed run is the stored one;
 - `files`: atomic file writes;
 - `classification`: training a zoo model from a `RunConfig`;
 - `cli`: the command-line flags of `training/*.py`;

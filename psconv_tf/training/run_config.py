@@ -34,6 +34,8 @@ import tensorflow as tf
 from psconv_tf.training import files
 from psconv_tf.training.configs import Recipe
 from psconv_tf.training.errors import InputError
+from psconv_tf.training.errors import ResumeMismatchError
+from psconv_tf.training.errors import describe_error
 
 CONFIG_FILE = "config.json"
 BEST_MODEL_FILE = "best.keras"
@@ -237,3 +239,67 @@ def read_config(run_dir):
     if not tf.io.gfile.exists(path):
         return None
     return read_config_file(path)
+
+
+def prepare_run_folder(folder, chief_folder, config, allow_changes=False):
+    """Checks a run folder, compares a stored run with `config`, writes config.json.
+
+    Also removes what killed writers left behind (`files.remove_temporaries`).
+
+    Args:
+        folder: this process's `RunFolder`.
+        chief_folder: the chief's `RunFolder` (the same on a single worker),
+            whose backup every worker resumes from.
+        config: the `RunConfig` of the run to start or resume.
+        allow_changes: accept differences in `SAFE_CHANGES`.
+
+    Returns:
+        Whether there is a backup to resume from.
+
+    Raises:
+        InputError: the folder is a file or cannot be written.
+        ResumeMismatchError: a backup exists, with other settings.
+    """
+    blocking = _file_in_the_way(folder.path)
+    if blocking:
+        raise InputError(f"{blocking} is a file, not a folder.", argument="run_dir")
+    resuming = chief_folder.has_backup()
+    if resuming:
+        try:
+            stored = read_config(chief_folder.path)
+        except InputError as error:
+            raise InputError(str(error), argument="run_dir") from None
+        if stored is not None:
+            _check_resumable(stored, config, chief_folder.path, allow_changes)
+    files.remove_temporaries(folder.path)
+    try:
+        write_config(folder.path, config)
+    except (OSError, tf.errors.OpError) as error:
+        raise InputError(f"cannot write to {folder.path} ({describe_error(error)}).",
+                         argument="run_dir") from None
+    return resuming
+
+
+def _file_in_the_way(path):
+    """The file at `path` or at one of its parent folders, if any."""
+    while path and path not in ("/", "."):
+        if tf.io.gfile.exists(path):
+            return None if tf.io.gfile.isdir(path) else path
+        parent = os.path.dirname(path.rstrip("/"))
+        if parent == path:
+            return None
+        path = parent
+    return None
+
+
+def _check_resumable(stored, config, run_dir, allow_changes):
+    differences = stored.differences(config)
+    refused = [difference for difference in differences
+               if not (allow_changes and difference[0] in SAFE_CHANGES)]
+    if not refused:
+        return
+    listing = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in refused)
+    raise ResumeMismatchError(
+        f"{run_dir} holds a run with other settings (stored -> given): {listing}.",
+        run_dir, refused,
+    )

@@ -24,7 +24,6 @@ becomes NaN or infinite: the last backup and best.keras stay good.
 
 import dataclasses
 import math
-import os
 import time
 import warnings
 
@@ -35,8 +34,9 @@ from psconv_tf.training import files
 from psconv_tf.training import run_config
 from psconv_tf.training.errors import InputError
 from psconv_tf.training.errors import NonFiniteLossError
-from psconv_tf.training.errors import ResumeMismatchError
-from psconv_tf.training.errors import describe_error
+from psconv_tf.training.metrics import classification_metrics
+from psconv_tf.training.metrics import metric_results
+from psconv_tf.training.metrics import update_metrics
 from psconv_tf.training.optimizer import build_optimizer
 from psconv_tf.training.run_log import Progress
 from psconv_tf.training.run_log import RunLog
@@ -123,8 +123,8 @@ class Trainer:
                 recipe, learning_rate_schedule(recipe, steps_per_epoch), options.precision)
             self.optimizer.build(self.model.trainable_variables)
             num_classes = self.model.output_shape[-1]
-            self.train_metrics = _classification_metrics(num_classes)
-            self.eval_metrics = _classification_metrics(num_classes)
+            self.train_metrics = classification_metrics(num_classes)
+            self.eval_metrics = classification_metrics(num_classes)
         # The position in the recipe and the best validation metrics so far,
         # saved with the weights.
         self.steps_done = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -173,7 +173,7 @@ class Trainer:
     def _replica_train_step(self, images, labels):
         per_example, logits, gradients = self._forward_backward(images, labels)
         self.optimizer.apply(gradients, self.model.trainable_variables)
-        _update_metrics(self.train_metrics, labels, logits, per_example)
+        update_metrics(self.train_metrics, labels, logits, per_example)
 
     @tf.function
     def train_steps(self, iterator, num_steps):
@@ -186,7 +186,7 @@ class Trainer:
         per_example = keras.losses.sparse_categorical_crossentropy(
             labels, logits, from_logits=True
         )
-        _update_metrics(self.eval_metrics, labels, logits, per_example)
+        update_metrics(self.eval_metrics, labels, logits, per_example)
 
     @tf.function
     def _evaluate_batches(self, iterator, num_batches):
@@ -217,9 +217,9 @@ class Trainer:
                 batches += done
                 if done < int(chunk):
                     break
-                progress.update(batches, _results(self.eval_metrics))
-        progress.update(batches, _results(self.eval_metrics), finished=True)
-        return _results(self.eval_metrics)
+                progress.update(batches, metric_results(self.eval_metrics))
+        progress.update(batches, metric_results(self.eval_metrics), finished=True)
+        return metric_results(self.eval_metrics)
 
     # The loop.
 
@@ -255,7 +255,8 @@ class Trainer:
         """
         folder = run_config.RunFolder(worker_output_dir(self.strategy, self.options.run_dir))
         chief_folder = run_config.RunFolder(self.options.run_dir)
-        resuming = _prepare_folder(folder, chief_folder, config, self.options.allow_changes)
+        resuming = run_config.prepare_run_folder(folder, chief_folder, config,
+                                                  self.options.allow_changes)
         checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, steps_done=self.steps_done,
             **{f"best_{name}": variable for name, variable in self.best.items()},
@@ -348,7 +349,7 @@ class Trainer:
                             self.options.verbose, self.options.log_every)
         progress.update(step)
         backup_every = self.options.backup_every
-        logs = _results(self.train_metrics)
+        logs = metric_results(self.train_metrics)
         while step < self.steps_per_epoch:
             num_steps = min(
                 self.options.steps_per_loop,
@@ -359,7 +360,7 @@ class Trainer:
             self.train_steps(iterator, tf.constant(num_steps))
             step += num_steps
             self.steps_done.assign_add(num_steps)
-            logs = _results(self.train_metrics)
+            logs = metric_results(self.train_metrics)
             self._check_finite(logs["loss"], "training loss")
             progress.update(step, logs, finished=step == self.steps_per_epoch)
             self._report_skipped()
@@ -424,75 +425,6 @@ class _Run:
     callbacks: keras.callbacks.CallbackList
 
 
-def _prepare_folder(folder, chief_folder, config, allow_changes):
-    """Checks the run folder, compares a stored run, writes config.json.
-
-    Returns whether there is a backup to resume from.
-    """
-    blocking = _file_in_the_way(folder.path)
-    if blocking:
-        raise InputError(f"{blocking} is a file, not a folder.", argument="run_dir")
-    resuming = chief_folder.has_backup()
-    if resuming:
-        try:
-            stored = run_config.read_config(chief_folder.path)
-        except InputError as error:
-            raise InputError(str(error), argument="run_dir") from None
-        if stored is not None:
-            _check_resumable(stored, config, chief_folder.path, allow_changes)
-    files.remove_temporaries(folder.path)
-    try:
-        run_config.write_config(folder.path, config)
-    except (OSError, tf.errors.OpError) as error:
-        raise InputError(f"cannot write to {folder.path} ({describe_error(error)}).",
-                         argument="run_dir") from None
-    return resuming
-
-
-def _file_in_the_way(path):
-    """The file at `path` or at one of its parent folders, if any."""
-    while path and path not in ("/", "."):
-        if tf.io.gfile.exists(path):
-            return None if tf.io.gfile.isdir(path) else path
-        parent = os.path.dirname(path.rstrip("/"))
-        if parent == path:
-            return None
-        path = parent
-    return None
-
-
-def _check_resumable(stored, config, run_dir, allow_changes):
-    differences = stored.differences(config)
-    refused = [difference for difference in differences
-               if not (allow_changes and difference[0] in run_config.SAFE_CHANGES)]
-    if not refused:
-        return
-    listing = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in refused)
-    raise ResumeMismatchError(
-        f"{run_dir} holds a run with other settings (stored -> given): {listing}.",
-        run_dir, refused,
-    )
-
-
 def _saved_steps(path):
     return int(tf.train.load_checkpoint(path).get_tensor(
         "steps_done/.ATTRIBUTES/VARIABLE_VALUE"))
-
-
-def _classification_metrics(num_classes):
-    metrics = [keras.metrics.Mean(name="loss"),
-               keras.metrics.SparseCategoricalAccuracy(name="top1")]
-    if num_classes > 5:
-        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"))
-    return metrics
-
-
-def _update_metrics(metrics, labels, logits, per_example_loss):
-    loss, *accuracies = metrics
-    loss.update_state(per_example_loss)
-    for accuracy in accuracies:
-        accuracy.update_state(labels, logits)
-
-
-def _results(metrics):
-    return {metric.name: float(metric.result()) for metric in metrics}
