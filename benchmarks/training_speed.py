@@ -66,27 +66,34 @@ def plain_pipeline(source, training, image_size, batch):
     preprocess = (preprocessing.preprocess_for_train if training
                   else preprocessing.preprocess_for_eval)
     records = source.read(tf.distribute.InputContext(), shuffle=training)
-    images = records.map(
-        lambda name, payload, label: (preprocess(source.load(name, payload), image_size), label),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+
+    def decode(name, payload, label):
+        return preprocess(source.load(name, payload), image_size), label
+
+    images = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+                         deterministic=not training)
     return images.batch(batch, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
 
 def pipeline_speeds(folder, training, image_size, batch, batches, rounds):
-    """Median images per second of both pipelines, in interleaved rounds."""
+    """Median images per second of both pipelines, in interleaved rounds.
+
+    Each round times `batches` batches of a fresh iterator after its first
+    one, and drops it before the other pipeline runs: a pipeline left
+    running prefetches in the background and would flatter itself.
+    """
     source = image_data.image_folder_source(folder)
     builders = {"guarded": guarded_pipeline, "plain": plain_pipeline}
-    iterators = {name: iter(build(source, training, image_size, batch).repeat())
-                 for name, build in builders.items()}
-    for iterator in iterators.values():
-        next(iterator)
     times = {name: [] for name in builders}
     for _ in range(rounds):
-        for name, iterator in iterators.items():
+        for name, build in builders.items():
+            iterator = iter(build(source, training, image_size, batch).repeat())
+            next(iterator)
             start = time.perf_counter()
             for _ in range(batches):
                 next(iterator)
             times[name].append(time.perf_counter() - start)
+            del iterator
     return {name: batches * batch / float(np.median(values)) for name, values in times.items()}
 
 
@@ -150,7 +157,7 @@ def main():
         write_jpegs(folder, args.jpegs)
         for training in (True, False):
             pipelines = pipeline_speeds(folder, training, args.image_size, args.batch,
-                                        args.jpegs // args.batch, args.rounds)
+                                        2 * args.jpegs // args.batch, args.rounds)
             print(f"| {'training' if training else 'evaluation'} | {pipelines['guarded']:.0f} | "
                   f"{pipelines['plain']:.0f} | {pipelines['guarded'] / pipelines['plain']:.2f}x |",
                   flush=True)
