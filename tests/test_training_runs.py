@@ -220,3 +220,35 @@ def test_evaluation_reports_progress(tmp_path, capsys):
     assert "epoch 1/1 step 3/3 - loss: " in output
     assert "evaluation step 3 - loss: " in output
     assert "\x1b" not in output
+
+
+class _HingeTrainer(Trainer):
+    """Another task through the override points: a hinge loss, one metric."""
+
+    MONITOR = "accuracy"
+
+    def create_metrics(self):
+        return [keras.metrics.Mean(name="loss"),
+                keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
+    def per_example_loss(self, labels, outputs):
+        correct = tf.gather(outputs, labels, batch_dims=1)
+        return tf.reduce_sum(tf.nn.relu(1.0 + outputs - correct[:, None]), axis=-1) - 1.0
+
+
+def test_a_subclass_can_change_the_loss_and_metrics(tmp_path):
+    keras.utils.set_random_seed(1)
+    trainer = _HingeTrainer(tf.distribute.get_strategy(), _tiny_model,
+                            dataclasses.replace(RECIPE, epochs=1), STEPS,
+                            RunOptions(str(tmp_path), verbose=0))
+    metrics = trainer.fit(_dataset_fn(True), _dataset_fn(False),
+                          training_helpers.tiny_run_config(RECIPE))
+    assert set(metrics["final"]) == {"loss", "accuracy"}
+    assert set(metrics["best"]) == {"epoch", "val_loss", "val_accuracy"}
+    # The hinge loss of the final model, computed here in NumPy.
+    images, labels = next(iter(_dataset_fn(False)(tf.distribute.InputContext()).unbatch()
+                               .batch(BATCH * STEPS)))
+    outputs = trainer.model(images, training=False).numpy().astype(np.float64)
+    correct = outputs[np.arange(len(labels)), labels.numpy()]
+    hinge = np.maximum(0, 1 + outputs - correct[:, None]).sum(axis=1) - 1
+    np.testing.assert_allclose(metrics["final"]["loss"], hinge.mean(), rtol=1e-5)

@@ -84,6 +84,11 @@ class RunOptions:
 class Trainer:
     """Trains a classifier with a recipe under a strategy, resumably.
 
+    Other tasks subclass it and override `create_metrics`,
+    `per_example_loss`, `update_metrics` and `MONITOR` (the validation
+    metric, higher is better, whose best epoch is kept as best.keras);
+    labels and model outputs may then be nested structures.
+
     Args:
         strategy: a `tf.distribute.Strategy`.
         build_model: called without arguments under the strategy's scope and
@@ -99,6 +104,8 @@ class Trainer:
                           config.recipe, steps_per_epoch, RunOptions("runs/demo"))
         metrics = trainer.fit(train_input, eval_input, config, callbacks=[...])
     """
+
+    MONITOR = "top1"
 
     def __init__(self, strategy, build_model, recipe, steps_per_epoch, options):
         if not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
@@ -122,9 +129,8 @@ class Trainer:
             self.optimizer = build_optimizer(
                 recipe, learning_rate_schedule(recipe, steps_per_epoch), options.precision)
             self.optimizer.build(self.model.trainable_variables)
-            num_classes = self.model.output_shape[-1]
-            self.train_metrics = classification_metrics(num_classes)
-            self.eval_metrics = classification_metrics(num_classes)
+            self.train_metrics = self.create_metrics()
+            self.eval_metrics = self.create_metrics()
         # The position in the recipe and the best validation metrics so far,
         # saved with the weights.
         self.steps_done = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -155,25 +161,37 @@ class Trainer:
             "learning_rate": self.learning_rate,
         }
 
+    # What is learned: override these three (and `MONITOR`) for other tasks.
+
+    def create_metrics(self):
+        """The metrics of training and evaluation; the first is the mean loss."""
+        return classification_metrics(self.model.output_shape[-1])
+
+    def per_example_loss(self, labels, outputs):
+        """The loss of every example of a batch (float32 outputs)."""
+        return keras.losses.sparse_categorical_crossentropy(labels, outputs, from_logits=True)
+
+    def update_metrics(self, metrics, labels, outputs, per_example_loss):
+        """Updates `metrics` (from `create_metrics`) with a batch."""
+        update_metrics(metrics, labels, outputs, per_example_loss)
+
     # Steps, per replica and distributed.
 
     def _forward_backward_fn(self, images, labels):
         with tf.GradientTape() as tape:
-            logits = tf.cast(self.model(images, training=True), tf.float32)
-            per_example = keras.losses.sparse_categorical_crossentropy(
-                labels, logits, from_logits=True
-            )
+            outputs = _float32(self.model(images, training=True))
+            per_example = self.per_example_loss(labels, outputs)
             loss = tf.nn.compute_average_loss(
                 per_example, global_batch_size=self.recipe.batch_size
             )
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
-        return per_example, logits, gradients
+        return per_example, outputs, gradients
 
     def _replica_train_step(self, images, labels):
-        per_example, logits, gradients = self._forward_backward(images, labels)
+        per_example, outputs, gradients = self._forward_backward(images, labels)
         self.optimizer.apply(gradients, self.model.trainable_variables)
-        update_metrics(self.train_metrics, labels, logits, per_example)
+        self.update_metrics(self.train_metrics, labels, outputs, per_example)
 
     @tf.function
     def train_steps(self, iterator, num_steps):
@@ -182,11 +200,9 @@ class Trainer:
             self.strategy.run(self._replica_train_step, args=next(iterator))
 
     def _replica_eval_step(self, images, labels):
-        logits = tf.cast(self._predict(images), tf.float32)
-        per_example = keras.losses.sparse_categorical_crossentropy(
-            labels, logits, from_logits=True
-        )
-        update_metrics(self.eval_metrics, labels, logits, per_example)
+        outputs = _float32(self._predict(images))
+        per_example = self.per_example_loss(labels, outputs)
+        self.update_metrics(self.eval_metrics, labels, outputs, per_example)
 
     @tf.function
     def _evaluate_batches(self, iterator, num_batches):
@@ -322,7 +338,7 @@ class Trainer:
             eval_logs = self.evaluate(eval_dataset)
             self._report_skipped()
             self._check_finite(eval_logs["loss"], "validation loss")
-            if eval_logs["top1"] > self.best["top1"].numpy():
+            if eval_logs[self.MONITOR] > self.best[self.MONITOR].numpy():
                 self.best["epoch"].assign(epoch)
                 for name, value in eval_logs.items():
                     self.best[name].assign(value)
@@ -423,6 +439,10 @@ class _Run:
     log: RunLog
     skipped: dict
     callbacks: keras.callbacks.CallbackList
+
+
+def _float32(outputs):
+    return keras.tree.map_structure(lambda output: tf.cast(output, tf.float32), outputs)
 
 
 def _saved_steps(path):
