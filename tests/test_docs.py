@@ -7,7 +7,6 @@ import os
 import pkgutil
 import re
 
-import keras
 import pytest
 
 import psconv_tf

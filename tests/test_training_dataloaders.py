@@ -11,17 +11,16 @@ import pickle
 
 import numpy as np
 import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
 
 import training_helpers
+from psconv_tf.training import image_data
+from psconv_tf.training import preprocessing
+from psconv_tf.training import small_data
+from psconv_tf.training.errors import InputError
 
 pytestmark = pytest.mark.tensorflow
-tf = pytest.importorskip("tensorflow")
-tfds = pytest.importorskip("tensorflow_datasets")
-
-from psconv_tf.training import image_data  # noqa: E402  (needs TensorFlow)
-from psconv_tf.training import preprocessing  # noqa: E402
-from psconv_tf.training import small_data  # noqa: E402
-from psconv_tf.training.errors import InputError  # noqa: E402
 
 MEAN = np.array(preprocessing.IMAGENET_MEAN_RGB)
 STDDEV = np.array(preprocessing.IMAGENET_STDDEV_RGB)

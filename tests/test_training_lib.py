@@ -6,20 +6,19 @@ import math
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+import torch
 
-from psconv_tf import PSConv2D
 import training_helpers
+from psconv_tf import PSConv2D
+from psconv_tf.training import configs
+from psconv_tf.training import optimizer as optimizers
+from psconv_tf.training import schedules
+from psconv_tf.training import strategy as strategies
+from psconv_tf.training import trainer as trainer_lib
+from psconv_tf.training.errors import InputError
 
 pytestmark = pytest.mark.tensorflow
-tf = pytest.importorskip("tensorflow")
-torch = pytest.importorskip("torch")
-
-from psconv_tf.training import configs  # noqa: E402  (needs TensorFlow)
-from psconv_tf.training import optimizer as optimizers  # noqa: E402
-from psconv_tf.training import schedules  # noqa: E402
-from psconv_tf.training import strategy as strategies  # noqa: E402
-from psconv_tf.training import trainer as trainer_lib  # noqa: E402
-from psconv_tf.training.errors import InputError  # noqa: E402
 
 
 @pytest.mark.parametrize("nesterov", [False, True], ids=["momentum", "nesterov"])

@@ -12,20 +12,19 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import training_helpers
 from psconv_tf import PSConv2D
+from psconv_tf.training import configs
+from psconv_tf.training import files
+from psconv_tf.training.errors import NonFiniteLossError
+from psconv_tf.training.run_log import Progress
+from psconv_tf.training.trainer import RunOptions
+from psconv_tf.training.trainer import Trainer
 from training_helpers import read_log
 
 pytestmark = pytest.mark.tensorflow
-tf = pytest.importorskip("tensorflow")
-
-from psconv_tf.training import configs  # noqa: E402  (needs TensorFlow)
-from psconv_tf.training import files  # noqa: E402
-from psconv_tf.training.errors import NonFiniteLossError  # noqa: E402
-from psconv_tf.training.run_log import Progress  # noqa: E402
-from psconv_tf.training.trainer import RunOptions  # noqa: E402
-from psconv_tf.training.trainer import Trainer  # noqa: E402
 
 BATCH, STEPS = 8, 3
 RECIPE = dataclasses.replace(configs.IMAGENET, epochs=2, batch_size=BATCH,

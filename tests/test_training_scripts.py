@@ -9,19 +9,18 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
 
 import training_helpers
 from psconv_tf import models
+from psconv_tf.training import cli
+from psconv_tf.training import configs
+from psconv_tf.training.run_config import RunConfig
 from training_helpers import read_json
 from training_helpers import read_log
 
 pytestmark = pytest.mark.tensorflow
-tf = pytest.importorskip("tensorflow")
-tfds = pytest.importorskip("tensorflow_datasets")
-
-from psconv_tf.training import cli  # noqa: E402  (needs TensorFlow)
-from psconv_tf.training import configs  # noqa: E402
-from psconv_tf.training.run_config import RunConfig  # noqa: E402
 
 cifar = training_helpers.load_script("cifar")
 imagenet = training_helpers.load_script("imagenet")
