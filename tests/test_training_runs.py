@@ -189,7 +189,7 @@ def test_killed_saves_never_leave_a_broken_file(tmp_path):
     """SIGKILL at random moments of a loop of saves: the file always loads."""
     path = tmp_path / "best.keras"
     rng = np.random.default_rng(0)
-    for _ in range(3):
+    for _ in range(2):
         process = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(path)],
                                    stdout=subprocess.PIPE, env=training_helpers.script_env())
         try:
