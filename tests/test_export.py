@@ -391,7 +391,8 @@ def test_undecodable_calibration_images_are_skipped_and_named(tmp_path):
 
 def test_interrupted_export_keeps_previous_files(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    export.export("ps_cifar_resnet20", str(out), formats=["float32"])
+    model = tiny_ps_resnet()
+    export.export(model, str(out), formats=["float32"])
     previous = {path: (out / path).read_bytes() for path in ("model_float32.tflite",
                                                               "saved_model/saved_model.pb")}
     archive_class = type(keras.export.ExportArchive())  # the backend's
@@ -404,7 +405,7 @@ def test_interrupted_export_keeps_previous_files(tmp_path, monkeypatch):
 
     monkeypatch.setattr(archive_class, "write_out", killed_while_writing)
     with pytest.raises(KeyboardInterrupt):
-        export.export("ps_cifar_resnet20", str(out), formats=["float32"], input_dtype="uint8")
+        export.export(model, str(out), formats=["float32"], input_dtype="uint8")
     for path, content in previous.items():
         assert (out / path).read_bytes() == content
     assert sorted(os.listdir(out)) == ["model_float32.tflite", "saved_model"]
