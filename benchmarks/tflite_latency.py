@@ -6,8 +6,10 @@ timed in interleaved rounds (this machine is shared and noisy): each round
 times one inference of each model, in alternating order. Reported: the
 median over rounds, per model and thread count, and the ratio PS / standard.
 
+Prints the README's table as it appears there.
+
     python benchmarks/tflite_latency.py [--architecture resnet50] \\
-        [--threads 1,2] [--rounds 30] [--quantization float32]
+        [--threads 1,2] [--rounds 50] [--quantization float32]
 """
 
 import argparse
@@ -58,6 +60,16 @@ def time_rounds(flatbuffers, threads, rounds, warmup=3):
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def table_header(names):
+    """The table's header and separator rows, for (standard, PS) model names."""
+    return (f"| threads | {names[0]} ms | {names[1]} ms | PS / standard |\n"
+            "|---|---|---|---|")
+
+
+# The README's table, for the default architecture.
+TABLES = (table_header(("resnet50", "ps_resnet50")),)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -68,7 +80,8 @@ def main():
     parser.add_argument(
         "--threads", default="1,2", help="comma-separated (default: %(default)s)"
     )
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=50,
+                        help="timed rounds (default: %(default)s)")
     parser.add_argument(
         "--quantization", choices=export.QUANTIZATIONS, default="float32"
     )
@@ -91,15 +104,14 @@ def main():
         }
     print(
         f"TFLite {args.quantization}, XNNPACK, batch 1, "
-        f"{args.image_size}x{args.image_size}, median of {args.rounds} "
-        "interleaved rounds"
+        f"{args.image_size}x{args.image_size}, medians of {args.rounds} "
+        "interleaved rounds:\n"
     )
-    print(f"| threads | {names[0]} (ms) | {names[1]} (ms) | ratio |")
-    print("|---|---|---|---|")
+    print(table_header(names))
     for thread_count in threads:
         medians = time_rounds(flatbuffers, thread_count, args.rounds)
         standard, ps = (medians[name] * 1e3 for name in names)
-        print(f"| {thread_count} | {standard:.1f} | {ps:.1f} | {ps / standard:.2f} |")
+        print(f"| {thread_count} | {standard:.1f} | {ps:.1f} | {ps / standard:.2f}x |")
 
 
 if __name__ == "__main__":

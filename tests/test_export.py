@@ -5,7 +5,6 @@ images, preprocessed independently in NumPy. Relative error of outputs `a`
 against the Keras outputs `b`: max |a - b| / max |b|, over the whole batch.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,10 @@ from export_data import run_tflite
 from export_data import tiny_ps_resnet
 from psconv_tf import export
 from psconv_tf import models
+from psconv_tf.training import configs
+from psconv_tf.training import run_config
+from psconv_tf.training.run_config import Preprocessing
+from psconv_tf.training.run_config import RunConfig
 
 RELOAD_SCRIPT = os.path.join(os.path.dirname(__file__), "export_reload.py")
 
@@ -145,9 +148,10 @@ def test_run_directory_exports_best_model(tmp_path):
     model = tiny_ps_resnet(input_shape=(None, None, 1))
     model.save(tmp_path / "best.keras")
     mean, std = 70.0, 90.0  # pixel units, as config.json holds them
-    config = {"model": "ps_cifar_resnet20", "model_kwargs": {}, "num_classes": 10,
-              "image_size": 28, "preprocessing": {"mean": [mean], "std": [std]}}
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    config = RunConfig(model="ps_cifar_resnet20", num_classes=10, image_size=28, channels=1,
+                       recipe=configs.QUICK, dataset="fashion_mnist",
+                       preprocessing=Preprocessing(mean=[mean], std=[std]))
+    run_config.write_config(str(tmp_path), config)
     paths = export.export(
         str(tmp_path), str(tmp_path / "out"), formats=["saved_model"],
         input_dtype="uint8", normalization="auto",
@@ -300,3 +304,110 @@ def test_command_line(tmp_path, capsys):
         export.main([str(model_path), str(tmp_path / "out"), "--formats", "tflite"])
     assert exit_info.value.code == 2
     assert "formats" in capsys.readouterr().err
+
+
+def _corrupt_keras_file(tmp_path, kind):
+    path = tmp_path / "model.keras"
+    if kind == "empty":
+        path.write_bytes(b"")
+    else:
+        tiny_ps_resnet().save(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated"])
+def test_damaged_keras_file_is_named(tmp_path, capsys, kind):
+    path = _corrupt_keras_file(tmp_path, kind)
+    with pytest.raises(export.ExportError, match="model.keras' is not a readable .keras file"):
+        export.load_model(str(path))
+    with pytest.raises(SystemExit) as exit_info:
+        export.main([str(path), str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "is not a readable .keras file" in error and "Traceback" not in error
+
+
+def test_damaged_run_config_is_named(tmp_path):
+    tiny_ps_resnet().save(tmp_path / "best.keras")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(export.ExportError, match="config.json is not valid JSON"):
+        export.export(str(tmp_path), str(tmp_path / "out"), formats=["saved_model"])
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda out: out.write_text("a file"), "is a file"),
+    (lambda out: out.parent.chmod(0o500), "Cannot write to output directory"),
+], ids=["file", "read-only"])
+def test_unwritable_output_dir_is_an_error(tmp_path, capsys, setup, message):
+    if message.startswith("Cannot") and os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    setup(parent / "out")
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            export.main(["ps_cifar_resnet20", str(parent / "out")])
+    finally:
+        parent.chmod(0o700)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_output_dir_permission_error_is_an_error(tmp_path, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "makedirs", refuse)
+    with pytest.raises(SystemExit):
+        export.main(["ps_cifar_resnet20", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert "Cannot write to output directory" in error and "Permission denied" in error
+
+
+@pytest.mark.parametrize("flag, value", [("--mean", "nan"), ("--std", "0.2,inf,0.2")])
+def test_non_finite_statistics_are_refused(tmp_path, capsys, flag, value):
+    other = "--std" if flag == "--mean" else "--mean"
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["ps_cifar_resnet20", str(tmp_path / "out"), "--normalize",
+                     f"{flag}={value}", f"{other}=0.5,0.5,0.5"])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: expected finite numbers" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="finite"):
+        export.serving_model(models.get("cifar_resnet20"),
+                             normalization=((float("nan"),) * 3, (0.5,) * 3))
+
+
+def test_undecodable_calibration_images_are_skipped_and_named(tmp_path):
+    images = np.random.default_rng(5).integers(0, 256, (3, 8, 8, 3), np.uint8)
+    for index, image in enumerate(images):
+        (tmp_path / f"{index}.png").write_bytes(tf.io.encode_png(image).numpy())
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a JPEG")
+    dataset = export.representative_dataset(str(tmp_path), (8, 8, 3), num_samples=10)
+    with pytest.warns(UserWarning, match="Skipped calibration image .*broken.jpg"):
+        samples = [sample[0] for sample in dataset()]
+    assert len(samples) == 3
+
+
+def test_interrupted_export_keeps_previous_files(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    model = tiny_ps_resnet()
+    export.export(model, str(out), formats=["float32"])
+    previous = {path: (out / path).read_bytes() for path in ("model_float32.tflite",
+                                                              "saved_model/saved_model.pb")}
+    archive_class = type(keras.export.ExportArchive())  # the backend's
+    write_out = archive_class.write_out
+
+    def killed_while_writing(self, directory, *args, **kwargs):
+        write_out(self, directory, *args, **kwargs)
+        os.remove(os.path.join(directory, "saved_model.pb"))  # not yet written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(archive_class, "write_out", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        export.export(model, str(out), formats=["float32"], input_dtype="uint8")
+    for path, content in previous.items():
+        assert (out / path).read_bytes() == content
+    assert sorted(os.listdir(out)) == ["model_float32.tflite", "saved_model"]
+    serve = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
+    assert serve.structured_input_signature[1]["images"].dtype == tf.float32
