@@ -55,18 +55,16 @@ def kronecker(*matrices):
 def kronecker_factors(signs, shapes):
     """+-1 factors of `shapes` whose Kronecker product is `signs`, or None.
 
-    A product of +-1 factors has S[0, 0] = prod of the factors' [0, 0]; with
-    every factor but the last normalized to +1 at [0, 0], the first factor is
-    S sampled at the top-left corner of each block and the rest the top-left
-    block, recursively.
+    Normalizing the product of the later factors to +1 at [0, 0], the first
+    factor is S at the top-left corner of each block, and the product of the
+    rest is the top-left block times S[0, 0]; recursively.
     """
     signs = target = np.asarray(signs, np.int64)
     factors = []
     for rows, cols in shapes[:-1]:
         block = (signs.shape[0] // rows, signs.shape[1] // cols)
-        corner = signs[0, 0]
-        factors.append(signs[:: block[0], :: block[1]] * corner)
-        signs = signs[: block[0], : block[1]] * corner
+        factors.append(signs[:: block[0], :: block[1]])
+        signs = signs[: block[0], : block[1]] * signs[0, 0]
     factors.append(signs)
     product = factors[0]
     for factor in factors[1:]:
@@ -92,8 +90,9 @@ class DynamicPSConv2D(PSConv2D):
       derivative of clip(a, -1, 1) (default), of a, or of tanh(a).
     - Initialization (`mask_initializer`): "lattice" (default) starts from
       the blocked static PSConv lattice of `initial_pattern` (a cycle of the
-      two rates, default (1, 2, 1, 2): half the kernels at each rate), exactly,
-      with every |A_i| = 0.5; "random" draws A_i uniformly in [-0.5, 0.5].
+      two rates, default (small, large, small, large): half the kernels at
+      each rate), exactly, with every |A_i| = 0.5; "random" draws A_i
+      uniformly in [-0.5, 0.5].
     - Learning rate (`mask_learning_rate_multiplier`, mu): the layer stores
       V_i and uses A_i = sqrt(mu) * V_i, so plain or momentum SGD moves A_i
       as with mu times the learning rate, while L2 weight decay on V_i decays
@@ -122,8 +121,8 @@ class DynamicPSConv2D(PSConv2D):
             each block, the shape of the static lattice.
         surrogate: "clipped_identity", "identity" or "tanh".
         mask_initializer: "lattice" or "random".
-        initial_pattern: the cycle of rates for the "lattice" initialization;
-            every entry is one of `rates`.
+        initial_pattern: the cycle of rates for the "lattice" initialization,
+            each one of `rates`; default (small, large, small, large).
         mask_learning_rate_multiplier: positive float mu; default 1.
 
     Example:
@@ -156,15 +155,19 @@ class DynamicPSConv2D(PSConv2D):
         factor_shapes=None,
         surrogate="clipped_identity",
         mask_initializer="lattice",
-        initial_pattern=(1, 2, 1, 2),
+        initial_pattern=None,
         mask_learning_rate_multiplier=1.0,
         **kwargs,
     ):
-        rates = lattice.validate_pattern(rates)
+        original_rates = rates
+        try:
+            rates = lattice.validate_pattern(rates)
+        except ValueError:
+            rates = ()
         if len(rates) != 2 or rates[0] >= rates[1]:
             raise ValueError(
                 "Argument `rates` must be two increasing positive integers "
-                f"(small, large). Received: rates={rates!r}"
+                f"(small, large). Received: rates={original_rates!r}"
             )
         for name in ("pattern", "cyclic", "layout", "dilation_rate"):
             if name in kwargs:
@@ -183,7 +186,15 @@ class DynamicPSConv2D(PSConv2D):
             kernel_constraint=kernel_constraint,
             bias_constraint=bias_constraint, pattern=rates, **kwargs,
         )
-        self.initial_pattern = lattice.validate_pattern(initial_pattern)
+        if initial_pattern is None:
+            initial_pattern = rates * 2
+        try:
+            self.initial_pattern = lattice.validate_pattern(initial_pattern)
+        except ValueError:
+            raise ValueError(
+                "Argument `initial_pattern` must be a non-empty sequence of "
+                f"positive integers. Received: initial_pattern={initial_pattern!r}"
+            ) from None
         if not set(self.initial_pattern) <= set(rates):
             raise ValueError(
                 "Argument `initial_pattern` must use only the `rates` "
