@@ -47,25 +47,33 @@ class PlanExecutor:
                 piece_sizes.append(outputs.size)
                 self.rates.append(step.rate)
         self.input_reader = channel_reader([in_channels], conv_inputs)
-        self.kernel_reader = kernel_reader(plan, in_channels // layer_groups, dense)
-        terms = []
-        for step_indices, order in plan.sums:
-            positions = np.concatenate([
-                piece_starts[i] + np.arange(plan.steps[i].outputs.size)
-                for i in step_indices
-            ])
-            terms.append(positions[order])
-        # Output blocks: filters over which every term reads one run, so that
-        # terms add block by block and one concatenation ends the sum.
-        cuts = {0, filters}
-        for term in terms:
-            cuts.update((np.flatnonzero(np.diff(term) != 1) + 1).tolist())
-        cuts = sorted(cuts)
-        self.terms = len(terms)
-        self.output_reader = channel_reader(
-            piece_sizes,
-            [term[a:b] for a, b in zip(cuts[:-1], cuts[1:]) for term in terms],
+        self.kernel_reader = kernel_reader(
+            plan, in_channels // layer_groups, filters, dense
         )
+        # source[t, f]: position of filter f (plan order) among the pieces'
+        # concatenated channels in term t, -1 where the term lacks f.
+        source = np.full((len(plan.sums), filters), -1)
+        for term, step_indices in enumerate(plan.sums):
+            for i in step_indices:
+                outputs = plan.steps[i].outputs.ravel()
+                source[term, outputs] = piece_starts[i] + np.arange(outputs.size)
+        # Output blocks: filters over which every term reads one run or
+        # nothing, so that terms add block by block and one concatenation
+        # ends the sum.
+        cuts = {0, filters}
+        for row in source:
+            present = row >= 0
+            breaks = (present[1:] != present[:-1]) | (
+                present[1:] & present[:-1] & (np.diff(row) != 1)
+            )
+            cuts.update((np.flatnonzero(breaks) + 1).tolist())
+        cuts = sorted(cuts)
+        selections, self.block_terms = [], []
+        for start, stop in zip(cuts[:-1], cuts[1:]):
+            reads = [row[start:stop] for row in source if row[start] >= 0]
+            selections += reads
+            self.block_terms.append(len(reads))
+        self.output_reader = channel_reader(piece_sizes, selections)
 
     def __call__(self, inputs, kernel, convolve, axis):
         """The layer output without bias.
@@ -84,12 +92,12 @@ class PlanExecutor:
             convolve(x, k, rate)
             for x, k, rate in zip(conv_inputs, self._kernels(kernel), self.rates)
         ]
-        parts = read_channels(pieces, self.output_reader, axis)
+        parts = iter(read_channels(pieces, self.output_reader, axis))
         blocks = []
-        for start in range(0, len(parts), self.terms):
-            block = parts[start]
-            for part in parts[start + 1 : start + self.terms]:
-                block = block + part
+        for count in self.block_terms:
+            block = next(parts)
+            for _ in range(count - 1):
+                block = block + next(parts)
             blocks.append(block)
         outputs = _concatenate(blocks, axis)
         if plan.output_order is not None:
@@ -177,61 +185,51 @@ def read_channels(tensors, reader, axis):
     return results
 
 
-def kernel_reader(plan, in_per_group, convolutions):
+def kernel_reader(plan, in_per_group, filters, convolutions):
     """How to cut dense convolution kernels out of the layer kernel.
 
-    Every convolution reads whole classes of the plan (channels with identical
-    rates), so its kernel is a concatenation of class-by-class blocks.
+    Each convolution's kernel is the layer kernel at its input channels (axis
+    2, counted inside the group) and its filters (axis 3): read along axis 2
+    for every distinct input selection, then along axis 3, each read a split
+    and concatenations (a gather beyond MAX_RUNS runs, see `channel_reader`).
 
     Args:
         plan: a `lattice.ConvPlan`.
         in_per_group: input channels per layer group (the kernel's axis 2).
+        filters: the layer's filters (the kernel's axis 3).
         convolutions: (inputs, outputs) index arrays, in plan order, of each
             dense convolution.
 
     Returns:
         A reader for `read_kernels`.
     """
-    in_order = None
-    if plan.input_order is not None:
-        in_order = plan.input_order[:in_per_group]
-        groups = len(plan.input_order) // in_per_group
-        tiled = (np.arange(groups)[:, None] * in_per_group + in_order).ravel()
-        if not np.array_equal(tiled, plan.input_order):
-            raise AssertionError("Input order differs between groups.")
-    in_classes = [c for c in plan.input_classes if c[1] <= in_per_group]
-    in_starts = [start for start, _ in in_classes]
-    out_starts = [start for start, _ in plan.output_classes]
-    blocks = []
+    in_channel = plan.input_order
+    out_channel = plan.output_order
+    selections, outputs_of, where = [], [], []
     for inputs, outputs in convolutions:
-        local = set((np.asarray(inputs) % in_per_group).tolist())
-        outputs = set(np.asarray(outputs).tolist())
-        blocks.append((
-            [i for i, start in enumerate(out_starts) if start in outputs],
-            [i for i, start in enumerate(in_starts) if start in local],
-        ))
-    in_sizes = [stop - start for start, stop in in_classes]
-    out_sizes = [stop - start for start, stop in plan.output_classes]
-    return in_order, plan.output_order, in_sizes, out_sizes, blocks
+        inputs = inputs if in_channel is None else in_channel[inputs]
+        outputs = outputs if out_channel is None else out_channel[outputs]
+        local = tuple((np.asarray(inputs) % in_per_group).tolist())
+        if local not in selections:
+            selections.append(local)
+            outputs_of.append([])
+        u = selections.index(local)
+        where.append((u, len(outputs_of[u])))
+        outputs_of[u].append(np.asarray(outputs))
+    in_reader = channel_reader([in_per_group], [np.array(s) for s in selections])
+    out_readers = [channel_reader([filters], outputs) for outputs in outputs_of]
+    return in_reader, out_readers, where
 
 
 def read_kernels(kernel, reader):
     """The dense convolution kernels of a `kernel_reader`, from the kernel."""
-    in_order, out_order, in_sizes, out_sizes, blocks = reader
-    if in_order is not None:
-        kernel = ops.take(kernel, in_order, axis=2)
-    if out_order is not None:
-        kernel = ops.take(kernel, out_order, axis=3)
-    slabs = [kernel] if len(out_sizes) == 1 else ops.split(kernel, _cuts(out_sizes), 3)
-    cells = [
-        [slab] if len(in_sizes) == 1 else ops.split(slab, _cuts(in_sizes), 2)
-        for slab in slabs
+    in_reader, out_readers, where = reader
+    slabs = read_channels([kernel], in_reader, 2)
+    parts = [
+        read_channels([slab], out_reader, 3)
+        for slab, out_reader in zip(slabs, out_readers)
     ]
-    kernels = []
-    for out_classes, in_classes in blocks:
-        columns = [_concatenate([cells[o][i] for i in in_classes], 2) for o in out_classes]
-        kernels.append(_concatenate(columns, 3))
-    return kernels
+    return [parts[u][j] for u, j in where]
 
 
 def _concatenate(tensors, axis):

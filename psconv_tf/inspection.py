@@ -21,7 +21,8 @@ def summary(model, print_fn=print):
     """Prints one line per PSConv2D of `model`; returns the rows as dicts.
 
     Each row: name, channels (in -> out), kernel, strides, groups, pattern,
-    cyclic, layout, and the share of kernels at each rate.
+    cyclic, layout ("explicit", "-", "-" for a layer built from a dilation
+    matrix), and the share of kernels at each rate.
     """
     rows = []
     for layer in ps_layers(model):
@@ -34,9 +35,9 @@ def summary(model, print_fn=print):
                 kernel="x".join(map(str, layer.kernel_size)),
                 strides="x".join(map(str, layer.strides)),
                 groups=layer.groups,
-                pattern=layer.pattern,
-                cyclic=layer.cyclic,
-                layout=layer.layout,
+                pattern="explicit" if layer.pattern is None else layer.pattern,
+                cyclic=layer.cyclic or "-",
+                layout=layer.layout or "-",
                 rates={
                     int(r): round(float(c / counts.sum()), 4)
                     for r, c in zip(rates, counts)

@@ -178,9 +178,9 @@ class ConvPlan:
 
     Attributes:
         steps: the convolutions.
-        sums: the terms of the output sum, each a tuple of step indices whose
-            outputs, concatenated and permuted by `order`, form the term
-            (in plan order): a sequence of (steps, order) pairs.
+        sums: the terms of the output sum, one per rate: tuples of the
+            indices of that rate's steps, whose outputs are disjoint sets of
+            filters (every filter, unless some filter lacks the rate).
         input_order: permutation of the input channels, or None.
         output_order: permutation of the filters, or None.
         input_classes: (start, stop) runs of input channels, in plan order,
@@ -195,10 +195,6 @@ class ConvPlan:
     output_order: np.ndarray
     input_classes: tuple
     output_classes: tuple
-
-    @property
-    def rates(self):
-        return tuple(sorted({step.rate for step in self.steps}))
 
     def macs_per_output_pixel(self, kernel_area):
         """Multiply-accumulates per output pixel, summed over all steps."""
@@ -301,7 +297,7 @@ def compile_plan(matrix, layer_groups):
             )
     return ConvPlan(
         steps=tuple(steps),
-        sums=_output_sums(steps, filters),
+        sums=_output_sums(steps),
         input_order=input_order,
         output_order=output_order,
         input_classes=input_classes,
@@ -309,26 +305,13 @@ def compile_plan(matrix, layer_groups):
     )
 
 
-def _output_sums(steps, filters):
-    """How step outputs add up to the layer output.
+def _output_sums(steps):
+    """The steps of each rate: one term of the output sum per rate.
 
-    Every filter draws each of its rates from exactly one step. If each filter
-    has a single rate (`cyclic="output"`), the steps tile the filters and one
-    concatenation suffices; otherwise every rate covers all filters and the
-    output is a sum over rates.
+    Within a rate the steps' outputs are disjoint; a filter lacking a rate
+    (possible with an explicit dilation matrix) is absent from its term.
     """
-    covered = np.concatenate([s.outputs.ravel() for s in steps])
-    if covered.size == filters:
-        terms = [tuple(range(len(steps)))]
-    else:
-        by_rate = {}
-        for index, step in enumerate(steps):
-            by_rate.setdefault(step.rate, []).append(index)
-        terms = [tuple(indices) for indices in by_rate.values()]
-    sums = []
-    for term in terms:
-        order = np.concatenate([steps[i].outputs.ravel() for i in term])
-        if sorted(order.tolist()) != list(range(filters)):
-            raise AssertionError("Dilation matrix is not a PSConv lattice.")
-        sums.append((term, np.argsort(order).astype(np.int32)))
-    return tuple(sums)
+    by_rate = {}
+    for index, step in enumerate(steps):
+        by_rate.setdefault(step.rate, []).append(index)
+    return tuple(tuple(indices) for indices in by_rate.values())

@@ -10,6 +10,7 @@ from keras import regularizers
 
 from psconv_tf import conv_ops
 from psconv_tf import executor
+from psconv_tf import explicit_matrix
 from psconv_tf import lattice
 
 PADDINGS = ("valid", "same", "symmetric")
@@ -72,9 +73,19 @@ class PSConv2D(keras.layers.Layer):
             arrangement, input channels of one cycle position contiguous) or
             `"interleaved"` (the paper's D[c, k] = pattern[(k - c) % t]).
             See `psconv_tf.lattice.dilation_matrix`.
+        dilation_matrix: instead of `pattern`, `cyclic` and `layout`, the rate
+            of every kernel: positive ints of shape (filters, in_channels //
+            groups), row c holding filter c's rates over the input channels
+            of its own group (the kernel's axes 3 and 2); any rates, not only
+            lattices, and a filter may lack a rate. The block form of shape
+            (filters, in_channels) with zeros across groups, as
+            `dilation_matrix()` returns it, is accepted too. `dilation_rate`
+            multiplies it. Stored in the config as run-length text, see
+            `psconv_tf.explicit_matrix`.
 
-    Input channels must be divisible by groups * t (where rates vary along
-    inputs) and filters by groups * t (where they vary along filters).
+    With a pattern, input channels must be divisible by groups * t (where
+    rates vary along inputs) and filters by groups * t (where they vary along
+    filters).
 
     With strides, a rate that is a multiple of the stride runs as a conv at
     rate / stride over the subsampled input; any other rate > 1 (say 3 at
@@ -109,9 +120,10 @@ class PSConv2D(keras.layers.Layer):
         activity_regularizer=None,
         kernel_constraint=None,
         bias_constraint=None,
-        pattern=(1, 2, 1, 4),
-        cyclic="both",
-        layout="blocked",
+        pattern=None,
+        cyclic=None,
+        layout=None,
+        dilation_matrix=None,
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
@@ -155,6 +167,30 @@ class PSConv2D(keras.layers.Layer):
                 f"'channels_first'. Received: data_format={data_format!r}"
             )
         self.data_format = data_format
+        if dilation_matrix is not None:
+            given = [name for name, value in
+                     (("pattern", pattern), ("cyclic", cyclic), ("layout", layout))
+                     if value is not None]
+            if given:
+                raise ValueError(
+                    "Argument `dilation_matrix` sets every rate: leave "
+                    f"{', '.join(f'`{n}`' for n in given)} unset."
+                )
+            self._rates_given = explicit_matrix.validate(dilation_matrix)
+            if self._rates_given.shape[0] != self.filters:
+                raise ValueError(
+                    "Argument `dilation_matrix` must have one row per filter: "
+                    f"filters={self.filters}, but its shape is "
+                    f"{self._rates_given.shape}."
+                )
+            self.pattern = self.cyclic = self.layout = None
+            self._check_kernel_centres()
+            self._init_weights_arguments(locals())
+            return
+        self._rates_given = None
+        pattern = (1, 2, 1, 4) if pattern is None else pattern
+        cyclic = "both" if cyclic is None else cyclic
+        layout = "blocked" if layout is None else layout
         self.pattern = lattice.validate_pattern(pattern)
         if cyclic not in lattice.CYCLIC_MODES:
             raise ValueError(
@@ -169,20 +205,26 @@ class PSConv2D(keras.layers.Layer):
         self.cyclic = cyclic
         self.layout = layout
         self._check_kernel_centres()
-        self.activation = activations.get(activation)
-        self.use_bias = use_bias
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.kernel_constraint = constraints.get(kernel_constraint)
-        self.bias_constraint = constraints.get(bias_constraint)
+        self._init_weights_arguments(locals())
+
+    def _init_weights_arguments(self, arguments):
+        self.activation = activations.get(arguments["activation"])
+        self.use_bias = arguments["use_bias"]
+        self.kernel_initializer = initializers.get(arguments["kernel_initializer"])
+        self.bias_initializer = initializers.get(arguments["bias_initializer"])
+        self.kernel_regularizer = regularizers.get(arguments["kernel_regularizer"])
+        self.bias_regularizer = regularizers.get(arguments["bias_regularizer"])
+        self.kernel_constraint = constraints.get(arguments["kernel_constraint"])
+        self.bias_constraint = constraints.get(arguments["bias_constraint"])
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     @property
     def rates(self):
         """The distinct dilation rates of the layer, ascending."""
         base = self.dilation_rate[0]
+        if self._rates_given is not None:
+            given = self._rates_given
+            return tuple(int(r) * base for r in np.unique(given[given > 0]))
         return tuple(sorted({rate * base for rate in self.pattern}))
 
     def _check_kernel_centres(self):
@@ -220,15 +262,29 @@ class PSConv2D(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(
             ndim=4, axes={channel_axis: in_channels}
         )
-        self._matrix = lattice.dilation_matrix(
-            in_channels,
-            self.filters,
-            self.pattern,
-            groups=self.groups,
-            cyclic=self.cyclic,
-            layout=self.layout,
-            base_rate=self.dilation_rate[0],
-        )
+        if self._rates_given is not None:
+            if in_channels % self.groups:
+                raise ValueError(
+                    "The number of input channels must be divisible by "
+                    f"`groups`. Received: groups={self.groups}, input "
+                    f"channels={in_channels}."
+                )
+            self._rates_given = explicit_matrix.compact(
+                self._rates_given, self.filters, in_channels, self.groups
+            )
+            self._matrix = explicit_matrix.expand(
+                self._rates_given * self.dilation_rate[0], self.groups
+            )
+        else:
+            self._matrix = lattice.dilation_matrix(
+                in_channels,
+                self.filters,
+                self.pattern,
+                groups=self.groups,
+                cyclic=self.cyclic,
+                layout=self.layout,
+                base_rate=self.dilation_rate[0],
+            )
         self._plan = lattice.compile_plan(self._matrix, self.groups)
         self._executor = executor.PlanExecutor(
             self._plan, in_channels, self.filters, self.groups
@@ -461,9 +517,12 @@ class PSConv2D(keras.layers.Layer):
                     self.kernel_constraint
                 ),
                 "bias_constraint": constraints.serialize(self.bias_constraint),
-                "pattern": list(self.pattern),
+                "pattern": None if self.pattern is None else list(self.pattern),
                 "cyclic": self.cyclic,
                 "layout": self.layout,
+                "dilation_matrix": None
+                if self._rates_given is None
+                else explicit_matrix.encode(self._rates_given),
             }
         )
         return config

@@ -14,7 +14,8 @@ def test_layer_suite_passes_on_backend(backend):
     environment = dict(os.environ, KERAS_BACKEND=backend)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "-p", "no:warnings", "tests/test_ps_conv2d.py"],
+         "-p", "no:warnings", "tests/test_ps_conv2d.py",
+         "tests/test_ps_conv2d_matrix.py"],
         cwd=ROOT,
         env=environment,
         capture_output=True,
