@@ -169,7 +169,7 @@ class DynamicPSConv2D(PSConv2D):
                 "Argument `rates` must be two increasing positive integers "
                 f"(small, large). Received: rates={original_rates!r}"
             )
-        for name in ("pattern", "cyclic", "layout", "dilation_rate"):
+        for name in ("pattern", "cyclic", "layout", "dilation_rate", "dilation_matrix"):
             if name in kwargs:
                 raise ValueError(
                     f"DynamicPSConv2D learns its lattice: `{name}` does not "
@@ -186,6 +186,7 @@ class DynamicPSConv2D(PSConv2D):
             kernel_constraint=kernel_constraint,
             bias_constraint=bias_constraint, pattern=rates, **kwargs,
         )
+        self.cyclic = self.layout = None  # the lattice is learned
         if initial_pattern is None:
             initial_pattern = rates * 2
         try:
@@ -370,8 +371,8 @@ class DynamicPSConv2D(PSConv2D):
 
     def get_config(self):
         config = super().get_config()
-        for name in ("pattern", "cyclic", "layout", "dilation_rate"):
-            config.pop(name)
+        for name in ("pattern", "cyclic", "layout", "dilation_rate", "dilation_matrix"):
+            config.pop(name, None)
         config.update(
             rates=list(self.pattern),
             factor_shapes=(
