@@ -337,13 +337,16 @@ class DynamicPSConv2D(PSConv2D):
     def dilation_matrix(self):
         """The current learned D, (filters, in_channels), 0 across groups."""
         self._require_built("dilation_matrix")
-        large = ops.convert_to_numpy(self.mask()) > 0.5
+        large = self._mask_numpy() > 0.5
         rates = np.where(large, self.large_rate, self.small_rate)
         return _expand(rates, self.groups)
 
+    def _mask_numpy(self):
+        return ops.convert_to_numpy(ops.stop_gradient(self.mask()))
+
     def rate_shares(self):
         """{rate: share of the kernels at that rate} of the current D."""
-        large = float(np.mean(ops.convert_to_numpy(self.mask())))
+        large = float(np.mean(self._mask_numpy()))
         return {self.small_rate: 1.0 - large, self.large_rate: large}
 
     def macs(self, input_shape):

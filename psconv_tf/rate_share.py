@@ -22,13 +22,13 @@ def rate_shares(model):
     return {layer.name: layer.rate_shares() for layer in dynamic_layers(model)}
 
 
-def write_rate_shares(model, step):
+def write_rate_shares(model, step=None):
     """Writes every layer's share of each rate as a TensorBoard scalar
     `rate_share/<layer>/rate_<r>` to the default `tf.summary` writer.
 
-    In a custom loop, inside `with writer.as_default(step=step):`, call
-    `write_rate_shares(model, step)`; a model without dynamic layers writes
-    nothing.
+    In a custom loop, call it inside `with writer.as_default(step=step):`
+    (`step` None: the writer's default step); a model without dynamic layers
+    writes nothing.
     """
     import tensorflow as tf
 

@@ -18,6 +18,11 @@ from psconv_tf import PSConv2D
 from psconv_tf.dynamic_ps_conv2d import binarize
 
 RNG = np.random.default_rng(0)
+# Gradients are taken with tf.GradientTape; the rest runs on every backend
+# (test_dynamic_backends.py).
+tensorflow_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="uses tf.GradientTape"
+)
 
 
 def numpy_signs(layer):
@@ -98,6 +103,7 @@ def _dynamic_layer(surrogate, dtype):
     return layer
 
 
+@tensorflow_only
 @pytest.mark.parametrize("surrogate", ["clipped_identity", "identity", "tanh"])
 def test_mask_gradient_is_the_documented_surrogate_in_float64(surrogate):
     """L = sum(C * M) for a random C: dL/dM = C, through the STE by hand."""
@@ -124,6 +130,7 @@ def _reference_loss(x, dense, mask, cotangent):
     return float(np.sum(cotangent * y))
 
 
+@tensorflow_only
 @pytest.mark.parametrize("surrogate", ["clipped_identity", "identity", "tanh"])
 def test_layer_factor_gradient_is_the_surrogate_of_the_eq3_gradient(surrogate):
     """Through the convolutions (TensorFlow's CPU kernels differentiate
@@ -161,6 +168,7 @@ def _is_kronecker(signs, shapes):
     return np.linalg.matrix_rank(blocks.astype(np.float64)) == 1
 
 
+@tensorflow_only
 def test_kronecker_structure_holds_at_every_optimizer_step():
     import tensorflow as tf
 
