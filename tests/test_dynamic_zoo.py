@@ -167,3 +167,14 @@ def test_write_rate_shares_in_a_custom_loop(tmp_path):
     assert _scalars(str(tmp_path)) == {
         "rate_share/dyn/rate_1": {5: 0.5}, "rate_share/dyn/rate_2": {5: 0.5}
     }
+
+
+@pytest.mark.parametrize("module", ["dynamic_ps_conv2d", "rate_share"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"psconv_tf.{module}"),
+                             optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0
+    assert result.failed == 0
