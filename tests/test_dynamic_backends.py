@@ -15,7 +15,8 @@ def test_dynamic_layer_suite_passes_on_backend(backend):
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "-p", "no:warnings", "tests/test_dynamic_ps_conv2d.py"],
-        cwd=ROOT, env=dict(os.environ, KERAS_BACKEND=backend),
+        # JAX computes in float32 unless x64 is enabled; the references are float64.
+        cwd=ROOT, env=dict(os.environ, KERAS_BACKEND=backend, JAX_ENABLE_X64="1"),
         capture_output=True, text=True, timeout=1200,
     )
     summary = result.stdout.strip().splitlines()[-1] if result.stdout else ""
