@@ -67,7 +67,7 @@ def _builder(architecture):
     def build(conv="standard", **kwargs):
         arguments = dict(_ARCHITECTURES[architecture])
         arguments.update(kwargs)
-        arguments.setdefault("name", _PREFIXES[conv] + architecture)
+        arguments.setdefault("name", _PREFIXES.get(conv, "") + architecture)
         return ResNet(conv=conv, **arguments)
 
     build.__name__ = architecture

@@ -13,6 +13,7 @@ from psconv_tf import export
 from psconv_tf import freeze
 from psconv_tf import models
 from psconv_tf import profile
+from psconv_tf.models import Stage
 from test_dynamic_ps_conv2d import numpy_rates
 from test_dynamic_ps_conv2d import randomize_factors
 
@@ -113,7 +114,9 @@ def test_freeze_leaves_static_models_alone_and_refuses_subclassed_ones():
 
 
 def test_frozen_model_saves_and_exports_to_tflite_with_parity(tmp_path):
-    model = models.get("dps_cifar_resnet20", input_shape=(28, 28, 1))
+    # Two blocks of the zoo's dynamic ResNet-20, at strides 1 and 2.
+    model = models.get("dps_cifar_resnet20", input_shape=(28, 28, 1),
+                       stages=(Stage(1, 8, 1), Stage(1, 16, 2)), stem_filters=8)
     randomize_model(model, RNG)
     frozen = freeze(model)
     path = str(tmp_path / "frozen.keras")
