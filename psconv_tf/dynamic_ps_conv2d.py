@@ -6,70 +6,16 @@ import keras
 import numpy as np
 from keras import ops
 
+from psconv_tf import explicit_matrix
+from psconv_tf import kronecker_mask
 from psconv_tf import lattice
 from psconv_tf.ps_conv2d import PSConv2D
 
-SURROGATES = ("clipped_identity", "identity", "tanh")
+SURROGATES = kronecker_mask.SURROGATES
 MASK_INITIALIZERS = ("lattice", "random")
 # |factor| at initialization: half way to the edge of the clipped identity's
 # window [-1, 1], so a factor flips after moving by 0.5.
 INITIAL_MAGNITUDE = 0.5
-
-
-def binarize(factor, surrogate="clipped_identity"):
-    """sign(factor) in the forward pass (+1 at 0), `surrogate`'s derivative
-    in the backward pass (a straight-through estimator).
-
-    The forward value is exactly +-1: it adds s(x) - stop_gradient(s(x)),
-    which is exactly 0, to the sign, where s is the surrogate function:
-    - "clipped_identity": s(x) = clip(x, -1, 1), ds/dx = 1 if |x| <= 1 else 0
-      (Hubara et al.'s STE for binarized networks; our default);
-    - "identity": s(x) = x, ds/dx = 1;
-    - "tanh": s(x) = tanh(x), ds/dx = 1 - tanh(x) ** 2.
-    """
-    if surrogate == "clipped_identity":
-        smooth = ops.clip(factor, -1.0, 1.0)
-    elif surrogate == "identity":
-        smooth = factor
-    elif surrogate == "tanh":
-        smooth = ops.tanh(factor)
-    else:
-        raise ValueError(
-            f"Argument `surrogate` must be one of {SURROGATES}. "
-            f"Received: surrogate={surrogate!r}"
-        )
-    sign = ops.where(factor >= 0, 1.0, -1.0)
-    return ops.cast(sign, factor.dtype) + (smooth - ops.stop_gradient(smooth))
-
-
-def kronecker(*matrices):
-    """The Kronecker product of 2D tensors, left to right."""
-    result = matrices[0]
-    for matrix in matrices[1:]:
-        (m1, n1), (m2, n2) = result.shape, matrix.shape
-        product = result[:, None, :, None] * matrix[None, :, None, :]
-        result = ops.reshape(product, (m1 * m2, n1 * n2))
-    return result
-
-
-def kronecker_factors(signs, shapes):
-    """+-1 factors of `shapes` whose Kronecker product is `signs`, or None.
-
-    Normalizing the product of the later factors to +1 at [0, 0], the first
-    factor is S at the top-left corner of each block, and the product of the
-    rest is the top-left block times S[0, 0]; recursively.
-    """
-    signs = target = np.asarray(signs, np.int64)
-    factors = []
-    for rows, cols in shapes[:-1]:
-        block = (signs.shape[0] // rows, signs.shape[1] // cols)
-        factors.append(signs[:: block[0], :: block[1]])
-        signs = signs[: block[0], : block[1]] * signs[0, 0]
-    factors.append(signs)
-    product = factors[0]
-    for factor in factors[1:]:
-        product = np.kron(product, factor)
-    return factors if np.array_equal(product, target) else None
 
 
 @keras.saving.register_keras_serializable(package="psconv_tf")
@@ -225,7 +171,7 @@ class DynamicPSConv2D(PSConv2D):
         self.surrogate = surrogate
         self.mask_initializer = mask_initializer
         self.mask_learning_rate_multiplier = float(multiplier)
-        self.factor_shapes = _validate_factor_shapes(factor_shapes)
+        self.factor_shapes = kronecker_mask.validate_factor_shapes(factor_shapes)
 
     @property
     def small_rate(self):
@@ -288,7 +234,7 @@ class DynamicPSConv2D(PSConv2D):
             shapes = ((t, t), (-1, -1))
             if self.groups > 1:
                 shapes = ((self.groups, 1),) + shapes
-        return _resolve(shapes, (self.filters, in_per_group))
+        return kronecker_mask.resolve_factor_shapes(shapes, (self.filters, in_per_group))
 
     def _initial_factors(self, in_channels, shapes):
         """The +-1 factors for "lattice", None each for "random"."""
@@ -298,8 +244,8 @@ class DynamicPSConv2D(PSConv2D):
             in_channels, self.filters, self.initial_pattern, groups=self.groups,
             cyclic="both", layout="blocked",
         )
-        signs = np.where(_compress(matrix, self.groups) == self.large_rate, 1, -1)
-        factors = kronecker_factors(signs, shapes)
+        signs = np.where(explicit_matrix.compress(matrix, self.groups) == self.large_rate, 1, -1)
+        factors = kronecker_mask.kronecker_factors(signs, shapes)
         if factors is None:
             raise ValueError(
                 f"The static lattice of initial_pattern={self.initial_pattern} "
@@ -312,10 +258,10 @@ class DynamicPSConv2D(PSConv2D):
     def mask(self):
         """M as a (filters, in_channels // groups) tensor of 0. and 1. (1: large)."""
         signs = [
-            binarize(ops.multiply(factor, self._scale), self.surrogate)
+            kronecker_mask.binarize(ops.multiply(factor, self._scale), self.surrogate)
             for factor in self.mask_factors
         ]
-        return (kronecker(*signs) + 1.0) / 2.0
+        return (kronecker_mask.kronecker(*signs) + 1.0) / 2.0
 
     def call(self, inputs):
         transpose = self._compute_format != self.data_format
@@ -339,7 +285,7 @@ class DynamicPSConv2D(PSConv2D):
         self._require_built("dilation_matrix")
         large = self._mask_numpy() > 0.5
         rates = np.where(large, self.large_rate, self.small_rate)
-        return _expand(rates, self.groups)
+        return explicit_matrix.expand(rates, self.groups)
 
     def _mask_numpy(self):
         return ops.convert_to_numpy(ops.stop_gradient(self.mask()))
@@ -390,49 +336,6 @@ class DynamicPSConv2D(PSConv2D):
         return config
 
 
-def _validate_factor_shapes(shapes):
-    if shapes is None:
-        return None
-    message = (
-        "Argument `factor_shapes` must be a non-empty sequence of (rows, cols) "
-        "pairs of positive integers, with at most one -1 among the rows and "
-        f"one among the cols. Received: factor_shapes={shapes!r}"
-    )
-    try:
-        shapes = tuple(tuple(shape) for shape in shapes)
-    except TypeError:
-        raise ValueError(message) from None
-    valid = shapes and all(
-        len(shape) == 2
-        and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-            and (v > 0 or v == -1)
-            for v in shape
-        )
-        for shape in shapes
-    )
-    if not valid or any(sum(s[axis] == -1 for s in shapes) > 1 for axis in (0, 1)):
-        raise ValueError(message)
-    return tuple((int(rows), int(cols)) for rows, cols in shapes)
-
-
-def _resolve(shapes, total):
-    """Replaces -1 by the rest; checks that the shapes multiply to `total`."""
-    resolved = [list(shape) for shape in shapes]
-    for axis, size in enumerate(total):
-        known = math.prod(shape[axis] for shape in resolved if shape[axis] != -1)
-        for shape in resolved:
-            if shape[axis] == -1:
-                shape[axis] = size // known if size % known == 0 else 0
-        if math.prod(shape[axis] for shape in resolved) != size:
-            raise ValueError(
-                f"Argument `factor_shapes`: the {('rows', 'cols')[axis]} of "
-                f"{shapes} must multiply to {size} (filters x input channels per "
-                f"group is {total[0]} x {total[1]})."
-            )
-    return [tuple(shape) for shape in resolved]
-
-
 def _constant_or(signs, scale):
     """Initializer of a stored factor V (A = scale * V)."""
     if signs is None:
@@ -441,23 +344,3 @@ def _constant_or(signs, scale):
         )
     value = np.asarray(signs, np.float64) * INITIAL_MAGNITUDE / scale
     return lambda shape, dtype=None: ops.convert_to_tensor(value, dtype=dtype)
-
-
-def _compress(matrix, groups):
-    """(filters, in_channels) with zeros across groups -> (filters, in/groups)."""
-    filters, in_channels = matrix.shape
-    n_in, n_out = in_channels // groups, filters // groups
-    return np.concatenate(
-        [matrix[g * n_out:(g + 1) * n_out, g * n_in:(g + 1) * n_in] for g in range(groups)]
-    )
-
-
-def _expand(compressed, groups):
-    """(filters, in/groups) -> (filters, in_channels), zeros across groups."""
-    filters, n_in = compressed.shape
-    n_out = filters // groups
-    dense = np.zeros((filters, n_in * groups), np.int64)
-    for g in range(groups):
-        rows = slice(g * n_out, (g + 1) * n_out)
-        dense[rows, g * n_in:(g + 1) * n_in] = compressed[rows]
-    return dense
