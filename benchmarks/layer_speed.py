@@ -2,31 +2,54 @@
 
 Every variant of a shape is timed in the same process, in interleaved rounds
 (this machine is shared and noisy), and reported as the ratio of medians to
-Conv2D. Variants:
+Conv2D; backward passes differentiate sum(y ** 2) (see `timing.py`). Runs on
+the Keras backend that KERAS_BACKEND names. Variants:
 - conv2d: `keras.layers.Conv2D`, the standard 3x3 convolution;
-- psconv2d: `PSConv2D` with the paper's pattern (1, 2, 1, 4);
+- psconv2d: `PSConv2D` with the paper's pattern (1, 2, 1, 4), "auto" (the
+  tuner measures it eagerly first, per mode) or the one --implementation
+  names;
 - naive: the same function as three dense convolutions at rates 1, 2 and 4
   with masked kernels (3x the multiply-accumulates);
 - dilated: `Conv2D(dilation_rate=2)`, the paper's reference point.
+Shape sets: resnet50 (the 3x3 convolutions of ResNet-50, N = 8), small
+(N = 32: 16@28², 32@14², 64@7², the CIFAR-ResNet sizes), paper ((N, 64, 56,
+56), the paper's speed setting with N = --paper-batch), grouped (ResNeXt's
+128@56² with groups = 32, N = 8; conv2d is then `psconv_tf.NativeConv2D`
+where it exists, and the naive and dilated columns are left empty).
 
-    python benchmarks/layer_speed.py [--batch 8] [--rounds 15]
+    python benchmarks/layer_speed.py [--sets resnet50 small paper grouped]
+        [--rounds 11] [--implementation NAME]
 """
 
 import argparse
-import time
+import inspect
+import os
+import sys
 
 import keras
 import numpy as np
 from keras import ops
 
-from psconv_tf import PSConv2D
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-# (channels, spatial size): the 3x3 convolutions of ResNet-50.
-RESNET50_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))
+import timing  # noqa: E402
+from psconv_tf import PSConv2D  # noqa: E402
+
+try:
+    from psconv_tf import autotune  # noqa: E402
+except ImportError:  # versions without the tuner
+    autotune = None
+
+SETS = {
+    "resnet50": [(8, 64, 56, 1), (8, 128, 28, 1), (8, 256, 14, 1), (8, 512, 7, 1)],
+    "small": [(32, 16, 28, 1), (32, 32, 14, 1), (32, 64, 7, 1)],
+    "paper": [(None, 64, 56, 1)],
+    "grouped": [(8, 128, 56, 32)],
+}
 
 
 class NaivePSConv(keras.layers.Layer):
-    """PSConv as three masked dense convolutions (the textbook formulation)."""
+    """PSConv as one masked dense convolution per rate (the textbook form)."""
 
     def __init__(self, reference, **kwargs):
         super().__init__(**kwargs)
@@ -49,81 +72,76 @@ class NaivePSConv(keras.layers.Layer):
         )
 
 
-def _variants(channels):
-    ps = PSConv2D(channels, 3, padding="same", use_bias=False)
-    return {
-        "conv2d": keras.layers.Conv2D(channels, 3, padding="same", use_bias=False),
-        "psconv2d": ps,
-        "naive": NaivePSConv(ps),
-        "dilated": keras.layers.Conv2D(
+def _psconv(channels, groups, implementation):
+    kwargs = dict(padding="same", use_bias=False, groups=groups)
+    if implementation:
+        if "implementation" not in inspect.signature(PSConv2D).parameters:
+            raise SystemExit("this PSConv2D has no `implementation` argument")
+        kwargs["implementation"] = implementation
+    return PSConv2D(channels, 3, **kwargs)
+
+
+def _standard(channels, groups):
+    conv = keras.layers.Conv2D
+    if groups > 1:
+        import psconv_tf
+
+        conv = getattr(psconv_tf, "NativeConv2D", conv)
+    return conv(channels, 3, padding="same", use_bias=False, groups=groups)
+
+
+def variants(channels, groups, implementation):
+    ps = _psconv(channels, groups, implementation)
+    result = {"conv2d": _standard(channels, groups), "psconv2d": ps}
+    if groups == 1:
+        result["naive"] = NaivePSConv(ps)
+        result["dilated"] = keras.layers.Conv2D(
             channels, 3, padding="same", dilation_rate=2, use_bias=False
-        ),
-    }
+        )
+    return result
 
 
-def _timers(layer, x):
-    """Compiled forward and forward+backward of `layer` on `x`."""
-    import tensorflow as tf
-
-    layer.build(x.shape)
-
-    @tf.function
-    def forward():
-        return layer(x)
-
-    @tf.function
-    def forward_backward():
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(layer(x))
-        return tape.gradient(loss, [x] + layer.trainable_weights)
-
-    return {"forward": forward, "forward+backward": forward_backward}
-
-
-def measure(channels, size, batch, rounds):
-    import tensorflow as tf
-
-    x = tf.random.normal((batch, size, size, channels))
-    timers = {
-        name: _timers(layer, x) for name, layer in _variants(channels).items()
-    }
-    times = {(name, mode): [] for name in timers for mode in timers[name]}
-    for name in timers:  # warm up: trace and first run
-        for run in timers[name].values():
-            run()
-    for _ in range(rounds):
-        for name in timers:
-            for mode, run in timers[name].items():
-                start = time.perf_counter()
-                result = run()
-                np.asarray(result[0] if isinstance(result, list) else result)
-                times[(name, mode)].append(time.perf_counter() - start)
-    return {key: float(np.median(value)) for key, value in times.items()}
+def measure(batch, channels, size, groups, rounds, implementation=None):
+    x = np.random.default_rng(0).normal(size=(batch, size, size, channels))
+    x = x.astype("float32")
+    layers = variants(channels, groups, implementation)
+    layers["psconv2d"].build(x.shape)
+    if hasattr(autotune, "tune"):  # "auto" measures now, eagerly, per mode
+        for training in (False, True):
+            autotune.tune(layers["psconv2d"], x, training=training)
+    runs = {}
+    for name, layer in layers.items():
+        for mode, run in timing.runners(layer, x).items():
+            runs[(name, mode)] = run
+    return timing.interleaved_medians(runs, rounds)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--sets", nargs="+", default=["resnet50", "small", "paper"],
+                        choices=sorted(SETS))
     parser.add_argument("--paper-batch", type=int, default=16,
                         help="N of the paper's (N, 64, 56, 56) setting; 200 there")
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--implementation", default=None,
+                        help="PSConv2D(implementation=...); its default if unset")
     args = parser.parse_args()
-    shapes = [(c, s, args.batch) for c, s in RESNET50_SHAPES]
-    shapes.append((64, 56, args.paper_batch))
-    print(f"backend={keras.backend.backend()}, medians of {args.rounds} rounds")
-    print("| shape (N, C, H, W) | mode | Conv2D ms | PSConv2D | naive 3 convs | dilated d=2 |")
-    print("|---|---|---|---|---|---|")
-    for channels, size, batch in shapes:
-        result = measure(channels, size, batch, args.rounds)
-        for mode in ("forward", "forward+backward"):
-            base = result[("conv2d", mode)]
-            ratios = [result[(name, mode)] / base for name in ("psconv2d", "naive", "dilated")]
-            print(
-                f"| ({batch}, {channels}, {size}, {size}) | {mode} | {base * 1e3:.2f} | "
-                + " | ".join(f"{r:.2f}x" for r in ratios) + " |",
-                flush=True,
-            )
+    print(f"backend={keras.backend.backend()}, medians of {args.rounds} rounds, "
+          "loss sum(y**2)")
+    print("| shape (N, C, H, W) | groups | mode | Conv2D ms | PSConv2D | naive | dilated d=2 |")
+    print("|---|---|---|---|---|---|---|")
+    for name in args.sets:
+        for batch, channels, size, groups in SETS[name]:
+            batch = batch or args.paper_batch
+            result = measure(batch, channels, size, groups, args.rounds, args.implementation)
+            for mode in ("forward", "forward+backward"):
+                base = result[("conv2d", mode)]
+                cells = [
+                    f"{result[(v, mode)] / base:.2f}x" if (v, mode) in result else "-"
+                    for v in ("psconv2d", "naive", "dilated")
+                ]
+                print(f"| ({batch}, {channels}, {size}, {size}) | {groups} | {mode} | "
+                      f"{base * 1e3:.2f} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import dataclasses
 import keras
 
 from psconv_tf.dynamic_ps_conv2d import DynamicPSConv2D
+from psconv_tf.native_conv import NativeConv2D
 from psconv_tf.ps_conv2d import PSConv2D
 
 CONV_TYPES = ("standard", "psconv", "dynamic")
@@ -197,7 +198,9 @@ def _conv3x3(filters, stride, groups, name):
     def apply(x):
         if stride > 1:
             x = keras.layers.ZeroPadding2D(1, name=name + "_pad")(x)
-        return keras.layers.Conv2D(
+        # Grouped: the native op, not Keras' XLA route on TensorFlow's CPU.
+        conv = NativeConv2D if groups > 1 else keras.layers.Conv2D
+        return conv(
             filters, 3, strides=stride, padding="same" if stride == 1 else "valid",
             groups=groups, use_bias=False, kernel_initializer=CONV_INIT, name=name,
         )(x)

@@ -10,6 +10,7 @@ from psconv_tf.freeze import freeze
 from psconv_tf.inspection import plot_lattice
 from psconv_tf.inspection import summary
 from psconv_tf.lattice import dilation_matrix
+from psconv_tf.native_conv import NativeConv2D
 from psconv_tf.profile import profile
 from psconv_tf.ps_conv2d import PSConv2D
 from psconv_tf.rate_share import RateShareLogger

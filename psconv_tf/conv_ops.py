@@ -23,16 +23,12 @@ def conv2d(inputs, kernel, strides, padding, dilation_rate, data_format):
         import tensorflow as tf
 
         rates = (dilation_rate,) * 2 if isinstance(dilation_rate, int) else dilation_rate
-        if not isinstance(padding, str) and max(rates) > 1:
-            # CPU kernels cannot differentiate dilated convolutions with
-            # explicit padding: use "SAME" where equal, else pad first.
-            spans = [rate * (size - 1) for rate, size in zip(rates, kernel.shape[:2])]
-            same = [(span // 2, span - span // 2) for span in spans]
-            if max(strides) == 1 and [tuple(p) for p in padding] == same:
-                padding = "same"
-            else:
-                inputs = _pad(inputs, padding, data_format)
-                padding = "valid"
+        grouped = kernel.shape[2] != inputs.shape[3 if data_format == "channels_last" else 1]
+        if not isinstance(padding, str) and (max(rates) > 1 or grouped):
+            # CPU kernels cannot differentiate dilated or grouped convolutions
+            # with explicit padding: pad first.
+            inputs = _pad(inputs, padding, data_format)
+            padding = "valid"
         if not isinstance(padding, str):
             spatial = [list(pair) for pair in padding]
             if data_format == "channels_last":
@@ -41,6 +37,13 @@ def conv2d(inputs, kernel, strides, padding, dilation_rate, data_format):
                 padding = [[0, 0], [0, 0]] + spatial
         else:
             padding = padding.upper()
+        if inputs.shape[0] == 0:
+            # TensorFlow's conv kernels return an empty batch unchanged, with
+            # the input's spatial size and channels.
+            return tf.zeros(
+                _output_shape(inputs.shape, kernel.shape, strides, padding, rates, data_format),
+                inputs.dtype,
+            )
         convolve = tf.nn.conv2d
         if inputs.dtype == tf.float16 and max(rates) > 1:
             # CPU kernels have no float16 gradient for dilated convolutions;
@@ -72,3 +75,19 @@ def _pad(inputs, padding, data_format):
     if data_format == "channels_last":
         return ops.pad(inputs, [(0, 0)] + spatial + [(0, 0)])
     return ops.pad(inputs, [(0, 0), (0, 0)] + spatial)
+
+
+def _output_shape(shape, kernel_shape, strides, padding, rates, data_format):
+    """Static output shape of a TensorFlow convolution (padding as passed to
+    tf.nn.conv2d: "SAME", "VALID" or per-axis pairs of all four axes)."""
+    axes = (1, 2) if data_format == "channels_last" else (2, 3)
+    shape = list(shape)
+    for i, axis in enumerate(axes):
+        span = rates[i] * (kernel_shape[i] - 1)
+        if padding == "SAME":
+            shape[axis] = -(-shape[axis] // strides[i])
+            continue
+        extra = 0 if padding == "VALID" else sum(padding[axis])
+        shape[axis] = (shape[axis] + extra - span - 1) // strides[i] + 1
+    shape[3 if data_format == "channels_last" else 1] = kernel_shape[3]
+    return shape

@@ -9,6 +9,7 @@ from keras import ops
 from psconv_tf import explicit_matrix
 from psconv_tf import kronecker_mask
 from psconv_tf import lattice
+from psconv_tf import rate_conv
 from psconv_tf.ps_conv2d import PSConv2D
 
 SURROGATES = kronecker_mask.SURROGATES
@@ -16,6 +17,10 @@ MASK_INITIALIZERS = ("lattice", "random")
 # |factor| at initialization: half way to the edge of the clipped identity's
 # window [-1, 1], so a factor flips after moving by 0.5.
 INITIAL_MAGNITUDE = 0.5
+# PSConv2D arguments that a learned lattice replaces.
+STATIC_ARGUMENTS = (
+    "pattern", "cyclic", "layout", "dilation_rate", "dilation_matrix", "implementation",
+)
 
 
 @keras.saving.register_keras_serializable(package="psconv_tf")
@@ -115,7 +120,7 @@ class DynamicPSConv2D(PSConv2D):
                 "Argument `rates` must be two increasing positive integers "
                 f"(small, large). Received: rates={original_rates!r}"
             )
-        for name in ("pattern", "cyclic", "layout", "dilation_rate", "dilation_matrix"):
+        for name in STATIC_ARGUMENTS:
             if name in kwargs:
                 raise ValueError(
                     f"DynamicPSConv2D learns its lattice: `{name}` does not "
@@ -214,6 +219,13 @@ class DynamicPSConv2D(PSConv2D):
                 regularizer=self.bias_regularizer,
                 constraint=self.bias_constraint,
             )
+        self._rate_convs = {
+            rate: rate_conv.RateConv(
+                rate, self.kernel_size, self.strides, self.padding,
+                self.large_rate, self._compute_format,
+            )
+            for rate in self.rates
+        }
         initial = self._initial_factors(in_channels, shapes)
         self.mask_factors = [
             self.add_weight(
@@ -263,13 +275,14 @@ class DynamicPSConv2D(PSConv2D):
         ]
         return (kronecker_mask.kronecker(*signs) + 1.0) / 2.0
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         transpose = self._compute_format != self.data_format
         if transpose:
             inputs = ops.transpose(inputs, (0, 2, 3, 1))
         large = ops.cast(ops.transpose(self.mask()), self.kernel.dtype)[None, None]
-        outputs = self._convolve(inputs, self.kernel * (1.0 - large), self.small_rate)
-        outputs = outputs + self._convolve(inputs, self.kernel * large, self.large_rate)
+        convs = self._rate_convs
+        outputs = convs[self.small_rate](inputs, self.kernel * (1.0 - large))
+        outputs = outputs + convs[self.large_rate](inputs, self.kernel * large)
         if self.use_bias:
             shape = [1, 1, 1, 1]
             shape[self._channel_axis] = self.filters
@@ -320,7 +333,7 @@ class DynamicPSConv2D(PSConv2D):
 
     def get_config(self):
         config = super().get_config()
-        for name in ("pattern", "cyclic", "layout", "dilation_rate", "dilation_matrix"):
+        for name in STATIC_ARGUMENTS:
             config.pop(name, None)
         config.update(
             rates=list(self.pattern),

@@ -1,58 +1,199 @@
-"""How a `ConvPlan` runs: channel splits, kernel blocks and output sums.
+"""How a `ConvPlan` runs: its implementations, channel reads and output sums.
 
-A plan reads runs of consecutive channels: its convolutions' inputs, their
-kernels and the output terms. Precomputing one split per tensor and the
-concatenations each selection needs keeps the graph free of gathers, whose
-gradients are much slower than those of splits and concatenations.
+Every implementation computes the same function (Eq. 3) from the same kernel:
+
+- `"split"`: one convolution per branch of every step (a dense convolution
+  per rate and input-class selection, run in all folded layer groups at
+  once as a convolution with `groups` groups).
+- `"grouped"`: one grouped convolution per step: its branches (and the
+  folded layer groups) as the groups of a single convolution.
+- `"masked"`: one convolution per rate over all channels, with the kernel
+  masked to the kernels of that rate (the textbook form: as many times
+  Conv2D's MACs as there are rates, but the fewest ops; for tiny layers).
+- `"grouped_s2b"`: `"grouped"` with every dilated convolution at stride 1
+  run at rate 1 over the input's rate x rate phases moved into the batch
+  (`rate_conv.RateConv.space_to_batch`): two copies more, but far faster
+  backward passes where groups have few channels (ResNeXt) on TensorFlow's
+  CPU, whose dilated kernels are slow there.
+
+Reads. A plan's convolutions read runs of consecutive channels: inputs,
+kernels and output terms are cut with one split per tensor and joined with
+concatenations. Layer groups are folded into an axis of their own by a
+reshape ((..., C) -> (..., groups, C / groups)), so a read inside a group
+serves all groups at once. Gathers happen only where a selection has more
+than MAX_RUNS runs: with the blocked layout never; with the interleaved layout
+(classes strided by t) or an explicit matrix whose classes are scattered, for
+the selections so fragmented. `"masked"` reads nothing.
 """
+
+import dataclasses
 
 import numpy as np
 from keras import ops
 
+IMPLEMENTATIONS = ("split", "grouped", "masked", "grouped_s2b")
+
 # A selection made of more runs than this is read with one gather instead.
 MAX_RUNS = 16
 
-# Steps with at most this many groups run as separate dense convolutions: on
-# a 2-core CPU at 64-256 channels these ran forward+backward in 1.0-1.3x the
-# time of Conv2D, one grouped convolution of the same step in 1.2-2.0x.
-MAX_SPLIT_GROUPS = 8
+
+@dataclasses.dataclass(frozen=True)
+class Gather:
+    """A selection read with one gather from the concatenated sources."""
+
+    indices: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Pieces:
+    """A selection read as sections of the split sources, concatenated.
+
+    Attributes:
+        parts: (source, section) pairs, in order.
+    """
+
+    parts: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelReader:
+    """Reads selections of channels from tensors along one axis.
+
+    Attributes:
+        sections: per source tensor, the sizes to split it into.
+        reads: per selection, a `Pieces` or a `Gather`.
+    """
+
+    sections: tuple
+    reads: tuple
+
+    @classmethod
+    def build(cls, sizes, selections):
+        """How to read `selections` (index arrays into the concatenation of
+        sources of `sizes` channels)."""
+        offsets = np.cumsum([0] + list(sizes))
+        cuts = set(offsets.tolist())
+        runs = []
+        for selection in selections:
+            selection = np.asarray(selection)
+            source = np.searchsorted(offsets, selection, side="right") - 1
+            breaks = np.flatnonzero(
+                (np.diff(selection) != 1) | (np.diff(source) != 0)
+            )
+            starts = selection[np.concatenate([[0], breaks + 1])]
+            stops = selection[np.concatenate([breaks, [len(selection) - 1]])] + 1
+            if len(starts) > MAX_RUNS:
+                runs.append(None)
+                continue
+            runs.append(list(zip(starts.tolist(), stops.tolist())))
+            cuts.update(starts.tolist() + stops.tolist())
+        cuts = np.array(sorted(cuts))
+        sections, first_section = [], []
+        for start, stop in zip(offsets[:-1], offsets[1:]):
+            sections.append(tuple(np.diff(cuts[(cuts >= start) & (cuts <= stop)]).tolist()))
+            first_section.append(int(np.searchsorted(cuts, start)))
+        reads = []
+        for selection, selection_runs in zip(selections, runs):
+            if selection_runs is None:
+                reads.append(Gather(np.asarray(selection, np.int32)))
+                continue
+            parts = []
+            for start, stop in selection_runs:
+                source = int(np.searchsorted(offsets, start, side="right")) - 1
+                first, last = np.searchsorted(cuts, [start, stop])
+                parts += [
+                    (source, int(i) - first_section[source]) for i in range(first, last)
+                ]
+            reads.append(Pieces(tuple(parts)))
+        return cls(tuple(sections), tuple(reads))
+
+    def __call__(self, tensors, axis):
+        """The selections, as a list of tensors."""
+        parts = [
+            [tensor] if len(sizes) == 1 else ops.split(tensor, _cuts(sizes), axis)
+            for tensor, sizes in zip(tensors, self.sections)
+        ]
+        results = []
+        for read in self.reads:
+            if isinstance(read, Gather):
+                whole = _concatenate(tensors, axis)
+                results.append(ops.take(whole, read.indices, axis=axis))
+            else:
+                results.append(
+                    _concatenate([parts[s][i] for s, i in read.parts], axis)
+                )
+        return results
+
+
+@dataclasses.dataclass(frozen=True)
+class Convolution:
+    """One convolution of an implementation: some branches of one step.
+
+    Attributes:
+        rate: its rate.
+        inputs: input selection (branches' inputs, concatenated), in a group.
+        kernels: per branch, (index of its kernel input selection, index of
+            its read among that selection's filter reads).
+        groups: its groups: branches x folded layer groups.
+    """
+
+    rate: int
+    inputs: np.ndarray
+    kernels: tuple
+    groups: int
 
 
 class PlanExecutor:
-    """Runs a `lattice.ConvPlan` with the backend's convolutions.
+    """Runs a `lattice.ConvPlan` with one of `IMPLEMENTATIONS`.
 
     Args:
         plan: the `ConvPlan` of a layer.
-        in_channels: input channels of the layer.
-        filters: output channels of the layer.
-        layer_groups: the layer's `groups`.
+        convs: {rate: `rate_conv.RateConv`} of the layer.
+        in_per_group: input channels per layer group (the kernel's axis 2).
+        implementation: "split", "grouped" or "grouped_s2b".
     """
 
-    def __init__(self, plan, in_channels, filters, layer_groups):
-        self.plan = plan
-        # Whether each step runs as one dense convolution per group.
-        self.split = [step.groups <= MAX_SPLIT_GROUPS for step in plan.steps]
-        conv_inputs, dense, piece_sizes, piece_starts = [], [], [], []
-        self.rates = []
-        for step, split in zip(plan.steps, self.split):
+    def __init__(self, plan, convs, in_per_group, implementation):
+        self.plan, self.convs, self.in_per_group = plan, convs, in_per_group
+        by_branch = implementation == "split"
+        kernel_inputs, kernel_outputs = [], []
+        self.convolutions, piece_sizes, piece_starts = [], [], []
+        for step in plan.steps:
             piece_starts.append(sum(piece_sizes))
-            if not split:
-                conv_inputs.append(step.inputs.ravel())
-                piece_sizes.append(step.outputs.size)
-                self.rates.append(step.rate)
-                continue
-            for inputs, outputs in zip(step.inputs, step.outputs):
-                conv_inputs.append(inputs)
-                dense.append((inputs, outputs))
-                piece_sizes.append(outputs.size)
-                self.rates.append(step.rate)
-        self.input_reader = channel_reader([in_channels], conv_inputs)
-        self.kernel_reader = kernel_reader(
-            plan, in_channels // layer_groups, filters, dense
+            chunks = [[b] for b in range(step.branches)] if by_branch else [
+                list(range(step.branches))
+            ]
+            for chunk in chunks:
+                kernels = []
+                for b in chunk:
+                    local = tuple((step.inputs[b] % in_per_group).tolist())
+                    if local not in kernel_inputs:
+                        kernel_inputs.append(local)
+                        kernel_outputs.append([])
+                    u = kernel_inputs.index(local)
+                    kernels.append((u, len(kernel_outputs[u])))
+                    kernel_outputs[u].append(step.outputs[b])
+                self.convolutions.append(Convolution(
+                    step.rate, np.concatenate([step.inputs[b] for b in chunk]),
+                    tuple(kernels), len(chunk) * plan.groups,
+                ))
+                piece_sizes.append(len(chunk) * step.outputs.shape[1])
+        self.input_reader = ChannelReader.build(
+            [plan.in_channels], [c.inputs for c in self.convolutions]
         )
-        # source[t, f]: position of filter f (plan order) among the pieces'
-        # concatenated channels in term t, -1 where the term lacks f.
-        source = np.full((len(plan.sums), filters), -1)
+        self.kernel_input_reader = ChannelReader.build(
+            [in_per_group], [np.array(s) for s in kernel_inputs]
+        )
+        self.kernel_output_readers = [
+            ChannelReader.build([plan.filters], outputs) for outputs in kernel_outputs
+        ]
+        self._build_output_sum(piece_sizes, piece_starts)
+
+    def _build_output_sum(self, piece_sizes, piece_starts):
+        # source[t, f]: position of filter f among the pieces' concatenated
+        # channels in term t, -1 where the term lacks f.
+        plan = self.plan
+        source = np.full((len(plan.sums), plan.filters), -1)
         for term, step_indices in enumerate(plan.sums):
             for i in step_indices:
                 outputs = plan.steps[i].outputs.ravel()
@@ -60,7 +201,7 @@ class PlanExecutor:
         # Output blocks: filters over which every term reads one run or
         # nothing, so that terms add block by block and one concatenation
         # ends the sum.
-        cuts = {0, filters}
+        cuts = {0, plan.filters}
         for row in source:
             present = row >= 0
             breaks = (present[1:] != present[:-1]) | (
@@ -73,163 +214,86 @@ class PlanExecutor:
             reads = [row[start:stop] for row in source if row[start] >= 0]
             selections += reads
             self.block_terms.append(len(reads))
-        self.output_reader = channel_reader(piece_sizes, selections)
+        self.output_reader = ChannelReader.build(piece_sizes, selections)
 
-    def __call__(self, inputs, kernel, convolve, axis):
-        """The layer output without bias.
-
-        Args:
-            inputs: the layer input.
-            kernel: the layer kernel, (kh, kw, in_channels // groups, filters).
-            convolve: `fn(inputs, kernel, rate)`, one (grouped) convolution.
-            axis: the channel axis.
-        """
-        plan = self.plan
-        if plan.input_order is not None:
-            inputs = ops.take(inputs, plan.input_order, axis=axis)
-        conv_inputs = read_channels([inputs], self.input_reader, axis)
-        pieces = [
-            convolve(x, k, rate)
-            for x, k, rate in zip(conv_inputs, self._kernels(kernel), self.rates)
+    def __call__(self, inputs, kernel, data_format):
+        """The layer output without bias, computed in `data_format`."""
+        groups = self.plan.groups
+        axis = 3 if data_format == "channels_last" else 1
+        read = axis + 1 if groups > 1 else axis  # the in-group channel axis
+        conv_inputs = [
+            _unfold(x, axis, groups)
+            for x in self.input_reader([_fold(inputs, axis, groups)], read)
         ]
-        parts = iter(read_channels(pieces, self.output_reader, axis))
+        pieces = [
+            self.convs[c.rate](x, k)
+            for c, x, k in zip(self.convolutions, conv_inputs, self._kernels(kernel))
+        ]
+        parts = iter(self.output_reader([_fold(p, axis, groups) for p in pieces], read))
         blocks = []
         for count in self.block_terms:
             block = next(parts)
             for _ in range(count - 1):
                 block = block + next(parts)
             blocks.append(block)
-        outputs = _concatenate(blocks, axis)
-        if plan.output_order is not None:
-            outputs = ops.take(outputs, np.argsort(plan.output_order), axis=axis)
-        return outputs
+        return _unfold(_concatenate(blocks, read), axis, groups)
 
     def _kernels(self, kernel):
         """The kernel of every convolution, in order."""
-        dense = iter(read_kernels(kernel, self.kernel_reader))
-        kernels = []
-        for step, split in zip(self.plan.steps, self.split):
-            if not split:
-                flat = ops.reshape(kernel, tuple(kernel.shape[:2]) + (-1,))
-                kernels.append(ops.take(flat, step.kernel_index, axis=2))
-            else:
-                kernels += [next(dense) for _ in range(step.groups)]
-        return kernels
+        groups = self.plan.groups
+        filters_axis = 4 if groups > 1 else 3
+        slabs = self.kernel_input_reader([_fold(kernel, 3, groups)], 2)
+        reads = [
+            reader([slab], filters_axis)
+            for slab, reader in zip(slabs, self.kernel_output_readers)
+        ]
+        return [
+            _unfold(
+                _concatenate([reads[u][j] for u, j in c.kernels], filters_axis), 3, groups
+            )
+            for c in self.convolutions
+        ]
 
 
-def channel_reader(sizes, selections):
-    """How to read `selections` from tensors of `sizes` channels, concatenated.
-
-    Args:
-        sizes: channel counts of the source tensors.
-        selections: index arrays into their concatenation, each a union of
-            runs of consecutive channels.
-
-    Returns:
-        (sections, reads): for each source, the section sizes to split it
-        into; for each selection, a list of (source, section) to concatenate,
-        or its index array when it has more than MAX_RUNS runs.
-    """
-    offsets = np.cumsum([0] + list(sizes))
-    cuts = set(offsets.tolist())
-    runs = []
-    for selection in selections:
-        selection = np.asarray(selection)
-        source = np.searchsorted(offsets, selection, side="right") - 1
-        breaks = np.flatnonzero(
-            (np.diff(selection) != 1) | (np.diff(source) != 0)
-        )
-        starts = selection[np.concatenate([[0], breaks + 1])]
-        stops = selection[np.concatenate([breaks, [len(selection) - 1]])] + 1
-        if len(starts) > MAX_RUNS:
-            runs.append(None)
-            continue
-        runs.append(list(zip(starts.tolist(), stops.tolist())))
-        cuts.update(starts.tolist() + stops.tolist())
-    cuts = np.array(sorted(cuts))
-    sections, first_section = [], []
-    for start, stop in zip(offsets[:-1], offsets[1:]):
-        sections.append(np.diff(cuts[(cuts >= start) & (cuts <= stop)]).tolist())
-        first_section.append(int(np.searchsorted(cuts, start)))
-    reads = []
-    for selection, selection_runs in zip(selections, runs):
-        if selection_runs is None:
-            reads.append(np.asarray(selection, np.int32))
-            continue
-        read = []
-        for start, stop in selection_runs:
-            source = int(np.searchsorted(offsets, start, side="right")) - 1
-            first, last = np.searchsorted(cuts, [start, stop])
-            read += [
-                (source, int(i) - first_section[source]) for i in range(first, last)
-            ]
-        reads.append(read)
-    return sections, reads
-
-
-def read_channels(tensors, reader, axis):
-    """The selections of a `channel_reader`, as a list of tensors."""
-    sections, reads = reader
-    parts = [
-        [tensor] if len(sizes) == 1 else ops.split(tensor, _cuts(sizes), axis)
-        for tensor, sizes in zip(tensors, sections)
-    ]
-    results = []
-    for read in reads:
-        if isinstance(read, np.ndarray):
-            whole = tensors[0] if len(tensors) == 1 else ops.concatenate(tensors, axis)
-            results.append(ops.take(whole, read, axis=axis))
-            continue
-        chosen = [parts[source][section] for source, section in read]
-        results.append(chosen[0] if len(chosen) == 1 else ops.concatenate(chosen, axis))
-    return results
-
-
-def kernel_reader(plan, in_per_group, filters, convolutions):
-    """How to cut dense convolution kernels out of the layer kernel.
-
-    Each convolution's kernel is the layer kernel at its input channels (axis
-    2, counted inside the group) and its filters (axis 3): read along axis 2
-    for every distinct input selection, then along axis 3, each read a split
-    and concatenations (a gather beyond MAX_RUNS runs, see `channel_reader`).
+class MaskedExecutor:
+    """Runs a layer as one masked convolution per rate (`"masked"`).
 
     Args:
-        plan: a `lattice.ConvPlan`.
-        in_per_group: input channels per layer group (the kernel's axis 2).
-        filters: the layer's filters (the kernel's axis 3).
-        convolutions: (inputs, outputs) index arrays, in plan order, of each
-            dense convolution.
-
-    Returns:
-        A reader for `read_kernels`.
+        rates: the layer's (filters, in_channels // groups) rates.
+        convs: {rate: `rate_conv.RateConv`} of the layer.
     """
-    in_channel = plan.input_order
-    out_channel = plan.output_order
-    selections, outputs_of, where = [], [], []
-    for inputs, outputs in convolutions:
-        inputs = inputs if in_channel is None else in_channel[inputs]
-        outputs = outputs if out_channel is None else out_channel[outputs]
-        local = tuple((np.asarray(inputs) % in_per_group).tolist())
-        if local not in selections:
-            selections.append(local)
-            outputs_of.append([])
-        u = selections.index(local)
-        where.append((u, len(outputs_of[u])))
-        outputs_of[u].append(np.asarray(outputs))
-    in_reader = channel_reader([in_per_group], [np.array(s) for s in selections])
-    out_readers = [channel_reader([filters], outputs) for outputs in outputs_of]
-    return in_reader, out_readers, where
+
+    def __init__(self, rates, convs):
+        self.convs = convs
+        self.masks = {
+            rate: (rates == rate).T[None, None].astype("float32") for rate in convs
+        }
+
+    def __call__(self, inputs, kernel, data_format):
+        del data_format  # the convolutions know it
+        total = None
+        for rate, conv in self.convs.items():
+            mask = ops.cast(self.masks[rate], kernel.dtype)
+            term = conv(inputs, kernel * mask)
+            total = term if total is None else total + term
+        return total
 
 
-def read_kernels(kernel, reader):
-    """The dense convolution kernels of a `kernel_reader`, from the kernel."""
-    in_reader, out_readers, where = reader
-    slabs = read_channels([kernel], in_reader, 2)
-    parts = [
-        read_channels([slab], out_reader, 3)
-        for slab, out_reader in zip(slabs, out_readers)
-    ]
-    return [parts[u][j] for u, j in where]
+def _fold(tensor, axis, groups):
+    """(..., C at `axis`, ...) -> (..., groups, C / groups, ...); a view."""
+    if groups == 1:
+        return tensor
+    shape = list(ops.shape(tensor))
+    shape[axis : axis + 1] = [groups, shape[axis] // groups]
+    return ops.reshape(tensor, shape)
+
+
+def _unfold(tensor, axis, groups):
+    if groups == 1:
+        return tensor
+    shape = list(ops.shape(tensor))
+    shape[axis : axis + 2] = [shape[axis] * shape[axis + 1]]
+    return ops.reshape(tensor, shape)
 
 
 def _concatenate(tensors, axis):

@@ -145,60 +145,50 @@ def check_channels(in_channels, filters, groups, period, cyclic):
 
 @dataclasses.dataclass(frozen=True)
 class ConvStep:
-    """Kernels of one rate, run as one convolution with `groups` groups.
-
-    Channel indices count in the plan's channel order (see `ConvPlan`).
+    """Kernels of one rate: `branches` dense convolutions of equal shape.
 
     Attributes:
         rate: the dilation rate.
-        groups: number of groups; each group is a dense convolution from its
-            own input channels to its own output channels.
-        inputs: (groups, in_per_group) input channel indices.
-        outputs: (groups, out_per_group) output channel indices.
-        kernel_index: (in_per_group, groups * out_per_group) indices into the
-            layer kernel reshaped to (kh, kw, in_channels // layer_groups *
-            filters): the grouped kernel of this step, gathered in one take.
+        inputs: (branches, n_in) input channels of each branch, ascending.
+        outputs: (branches, n_out) filters of each branch, ascending.
+    Indices count inside one folded group (see `ConvPlan.groups`).
     """
 
     rate: int
-    groups: int
     inputs: np.ndarray
     outputs: np.ndarray
-    kernel_index: np.ndarray
+
+    @property
+    def branches(self):
+        return len(self.inputs)
 
 
 @dataclasses.dataclass(frozen=True)
 class ConvPlan:
     """The convolutions that compute a PSConv layer, and how to sum them.
 
-    The plan orders channels so that those with identical rates form
-    contiguous runs: `input_order[j]` is the layer input channel at plan
-    position j, `output_order[j]` the filter at plan position j (None when
-    the order is the identity, as for the blocked layout).
-
     Attributes:
-        steps: the convolutions.
+        steps: the convolutions, as `ConvStep`s.
         sums: the terms of the output sum, one per rate: tuples of the
             indices of that rate's steps, whose outputs are disjoint sets of
             filters (every filter, unless some filter lacks the rate).
-        input_order: permutation of the input channels, or None.
-        output_order: permutation of the filters, or None.
-        input_classes: (start, stop) runs of input channels, in plan order,
-            with identical rates for every filter (the lattice's columns).
-        output_classes: likewise for filters (the lattice's rows). Every
-            convolution reads whole classes.
+        groups: layer groups folded into the plan. When every layer group has
+            the same rates (always, for a pattern), the plan describes one
+            group and each of its convolutions runs in all `groups` at once,
+            as one grouped convolution; otherwise it is 1 and the plan
+            covers the whole (block diagonal) matrix.
+        in_channels, filters: channels of one folded group.
     """
 
     steps: tuple
     sums: tuple
-    input_order: np.ndarray
-    output_order: np.ndarray
-    input_classes: tuple
-    output_classes: tuple
+    groups: int
+    in_channels: int
+    filters: int
 
     def macs_per_output_pixel(self, kernel_area):
         """Multiply-accumulates per output pixel, summed over all steps."""
-        return sum(
+        return self.groups * sum(
             kernel_area * step.inputs.shape[1] * step.outputs.size
             for step in self.steps
         )
@@ -225,16 +215,10 @@ def _line_labels(lines):
 def _classes(lines):
     """Groups equal lines into classes, numbered by first appearance.
 
-    Returns the order that makes each class contiguous (None if already so),
-    the (start, stop) of every class in that order, and one line per class.
+    Returns the members of every class and one line per class.
     """
     labels, first = _line_labels(lines)
-    order = np.argsort(labels, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(labels))])
-    runs = tuple(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
-    if np.array_equal(order, np.arange(len(order))):
-        order = None
-    return order, runs, first
+    return [np.flatnonzero(labels == label) for label in range(len(first))], first
 
 
 def compile_plan(matrix, layer_groups):
@@ -244,26 +228,32 @@ def compile_plan(matrix, layer_groups):
     with equal rows. For each rate, filters that draw that rate from the same
     input classes form one dense convolution (a biclique of the lattice, so
     nothing is computed twice and no zero kernel is computed); those of equal
-    shape run together as one grouped convolution.
+    shape form one step.
 
     Args:
-        matrix: the (filters, in_channels) dilation matrix, 0 for no kernel.
-        layer_groups: the layer's `groups`, to index its kernel.
+        matrix: the (filters, in_channels) dilation matrix, 0 across groups.
+        layer_groups: the layer's `groups`.
 
     Returns:
         A `ConvPlan`.
     """
     filters, in_channels = matrix.shape
-    in_per_group = in_channels // layer_groups
-    output_order, output_classes, out_first = _classes(matrix)
-    input_order, input_classes, in_first = _classes(matrix.T)
-    out_channel = np.arange(filters) if output_order is None else output_order
-    in_channel = np.arange(in_channels) if input_order is None else input_order
+    out_per, in_per = filters // layer_groups, in_channels // layer_groups
+    blocks = [
+        matrix[g * out_per : (g + 1) * out_per, g * in_per : (g + 1) * in_per]
+        for g in range(layer_groups)
+    ]
+    if all(np.array_equal(block, blocks[0]) for block in blocks[1:]):
+        matrix, fold = blocks[0], layer_groups
+    else:
+        fold = 1
+    output_classes, out_first = _classes(matrix)
+    input_classes, in_first = _classes(matrix.T)
     # The lattice between classes: one rate per (filter class, input class).
     lattice = matrix[out_first][:, in_first]
 
-    def channels(classes, runs):
-        return np.concatenate([np.arange(*runs[c]) for c in classes])
+    def channels(classes, members):
+        return np.sort(np.concatenate([members[c] for c in classes]))
 
     steps = []
     for rate in np.unique(lattice[lattice > 0]):
@@ -279,29 +269,19 @@ def compile_plan(matrix, layer_groups):
         ]
         for shape in sorted({(len(i), len(o)) for i, o in branches}):
             chosen = [(i, o) for i, o in branches if (len(i), len(o)) == shape]
-            inputs = np.stack([i for i, _ in chosen])
-            outputs = np.stack([o for _, o in chosen])
-            # The kernel of filter f and input channel k of its group sits at
-            # (k % in_per_group) * filters + f of the flattened kernel.
-            local = in_channel[inputs] % in_per_group
-            kernel_index = local[:, :, None] * filters + out_channel[outputs][:, None, :]
             steps.append(
                 ConvStep(
                     rate=int(rate),
-                    groups=len(chosen),
-                    inputs=inputs.astype(np.int32),
-                    outputs=outputs.astype(np.int32),
-                    kernel_index=np.concatenate(list(kernel_index), axis=1)
-                    .astype(np.int32),
+                    inputs=np.stack([i for i, _ in chosen]).astype(np.int32),
+                    outputs=np.stack([o for _, o in chosen]).astype(np.int32),
                 )
             )
     return ConvPlan(
         steps=tuple(steps),
         sums=_output_sums(steps),
-        input_order=input_order,
-        output_order=output_order,
-        input_classes=input_classes,
-        output_classes=output_classes,
+        groups=fold,
+        in_channels=matrix.shape[1],
+        filters=matrix.shape[0],
     )
 
 

@@ -8,27 +8,34 @@ from keras import initializers
 from keras import ops
 from keras import regularizers
 
-from psconv_tf import conv_ops
+from psconv_tf import autotune
 from psconv_tf import executor
 from psconv_tf import explicit_matrix
 from psconv_tf import lattice
+from psconv_tf import rate_conv
 
-PADDINGS = ("valid", "same", "symmetric")
+PADDINGS = rate_conv.PADDINGS
+IMPLEMENTATIONS = ("auto",) + executor.IMPLEMENTATIONS
+
+
+def _is_positive_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
 
 
 def _standardize_pair(value, name):
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (value, value)
-    value = tuple(value)
-    if len(value) != 2 or not all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
-        for v in value
-    ):
+    """(a, b) from a positive int or a pair of them; True, 3.0, None and
+    strings are refused with a ValueError that names the argument."""
+    pair = (value, value) if _is_positive_int(value) else value
+    try:
+        pair = tuple(pair) if not isinstance(pair, str) else None
+    except TypeError:
+        pair = None
+    if pair is None or len(pair) != 2 or not all(map(_is_positive_int, pair)):
         raise ValueError(
             f"Argument `{name}` must be a positive integer or a tuple of two "
             f"positive integers. Received: {name}={value!r}"
         )
-    return tuple(int(v) for v in value)
+    return tuple(int(v) for v in pair)
 
 
 @keras.saving.register_keras_serializable(package="psconv_tf")
@@ -83,6 +90,22 @@ class PSConv2D(keras.layers.Layer):
             multiplies it. Stored in the config as run-length text, see
             `psconv_tf.explicit_matrix`.
 
+    Implementation: every one of these computes the same function.
+        implementation: `"auto"` (default: measured per input shape and
+            cached, see `psconv_tf.autotune`; with PSCONV_TF_AUTOTUNE=0 or
+            where nothing was measured, `"masked"` for layers of at most
+            1024 kernels and `"split"` above), or one of:
+            `"split"`: one convolution per rate and input-class selection,
+            each run in all layer groups at once;
+            `"grouped"`: one grouped convolution per rate and branch shape;
+            `"masked"`: one convolution per rate over all channels with the
+            kernel masked to that rate (more MACs, fewest ops; tiny layers);
+            `"grouped_s2b"`: `"grouped"`, dilation run as space-to-batch at
+            stride 1 (fast backward passes for few channels per group).
+        Gathers: none with the blocked layout; otherwise wherever a channel
+        selection has more than `executor.MAX_RUNS` runs (the interleaved
+        layout, explicit matrices with scattered rates); none in "masked".
+
     With a pattern, input channels must be divisible by groups * t (where
     rates vary along inputs) and filters by groups * t (where they vary along
     filters).
@@ -124,15 +147,16 @@ class PSConv2D(keras.layers.Layer):
         cyclic=None,
         layout=None,
         dilation_matrix=None,
+        implementation="auto",
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if not isinstance(filters, (int, np.integer)) or filters <= 0:
+        if not _is_positive_int(filters):
             raise ValueError(
                 "Argument `filters` must be a positive integer. "
                 f"Received: filters={filters!r}"
             )
-        if not isinstance(groups, (int, np.integer)) or groups <= 0:
+        if not _is_positive_int(groups):
             raise ValueError(
                 "Argument `groups` must be a positive integer. "
                 f"Received: groups={groups!r}"
@@ -142,6 +166,12 @@ class PSConv2D(keras.layers.Layer):
                 "Argument `filters` must be divisible by `groups`. "
                 f"Received: filters={filters}, groups={groups}."
             )
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"Argument `implementation` must be one of {IMPLEMENTATIONS}. "
+                f"Received: implementation={implementation!r}"
+            )
+        self.implementation = implementation
         self.filters = int(filters)
         self.groups = int(groups)
         self.kernel_size = _standardize_pair(kernel_size, "kernel_size")
@@ -286,9 +316,8 @@ class PSConv2D(keras.layers.Layer):
                 base_rate=self.dilation_rate[0],
             )
         self._plan = lattice.compile_plan(self._matrix, self.groups)
-        self._executor = executor.PlanExecutor(
-            self._plan, in_channels, self.filters, self.groups
-        )
+        self._in_channels = in_channels
+        self._executors = {}
         self.compute_output_shape(input_shape)
         self.kernel = self.add_weight(
             name="kernel",
@@ -307,12 +336,15 @@ class PSConv2D(keras.layers.Layer):
                 constraint=self.bias_constraint,
             )
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         transpose = self._compute_format != self.data_format
         if transpose:
             inputs = ops.transpose(inputs, (0, 2, 3, 1))
         axis = self._channel_axis
-        outputs = self._executor(inputs, self.kernel, self._convolve, axis)
+        implementation = self.implementation
+        if implementation == "auto":
+            implementation = autotune.choose(self, inputs, bool(training))
+        outputs = self.implementation_executor(implementation)(inputs, self.kernel)
         if self.use_bias:
             shape = [1, 1, 1, 1]
             shape[axis] = self.filters
@@ -331,96 +363,36 @@ class PSConv2D(keras.layers.Layer):
             return "channels_last"
         return self.data_format
 
+    def implementation_executor(self, implementation):
+        """`fn(inputs, kernel)`: the layer without bias and activation, in
+        the compute format (channels last on TensorFlow), by one of
+        `executor.IMPLEMENTATIONS`."""
+        if implementation not in self._executors:
+            run = self._make_executor(implementation, self._in_channels)
+            self._executors[implementation] = (
+                lambda inputs, kernel: run(inputs, kernel, self._compute_format)
+            )
+        return self._executors[implementation]
+
+    def _make_executor(self, implementation, in_channels):
+        convs = {
+            rate: rate_conv.RateConv(
+                rate, self.kernel_size, self.strides, self.padding,
+                max(self.rates), self._compute_format,
+                space_to_batch=implementation == "grouped_s2b",
+            )
+            for rate in self.rates
+        }
+        if implementation == "masked":
+            rates = explicit_matrix.compress(self._matrix, self.groups)
+            return executor.MaskedExecutor(rates, convs)
+        return executor.PlanExecutor(
+            self._plan, convs, in_channels // self.groups, implementation
+        )
+
     @property
     def _channel_axis(self):
         return 3 if self._compute_format == "channels_last" else 1
-
-    @property
-    def _spatial_axes(self):
-        return (1, 2) if self._compute_format == "channels_last" else (2, 3)
-
-    def _convolve(self, inputs, kernel, rate):
-        """A plain convolution at `rate` with the layer's padding and strides."""
-        if rate > 1 and max(self.strides) > 1:
-            return self._strided_dilated_convolve(inputs, kernel, rate)
-        if self.padding == "same":
-            padding = "same"
-        elif self.padding == "symmetric":
-            padding = [(rate * (size - 1) // 2,) * 2 for size in self.kernel_size]
-            if max(self.strides) == 1:
-                padding = "same"  # identical at stride 1, and native
-        else:
-            inputs = _crop(inputs, self._spatial_axes, self._valid_crops(rate))
-            padding = "valid"
-        return conv_ops.conv2d(
-            inputs, kernel, self.strides, padding, rate, self._compute_format
-        )
-
-    def _valid_crops(self, rate):
-        # Every rate centred where the largest rate's kernel fits.
-        largest = max(self.rates)
-        return [(largest - rate) * (size - 1) // 2 for size in self.kernel_size]
-
-    def _strided_dilated_convolve(self, inputs, kernel, rate):
-        """Strides with dilation, which TensorFlow cannot differentiate on CPU.
-
-        At a rate that is a multiple of the stride, the convolution is one at
-        rate / stride over the subsampled input; at other rates it runs at
-        stride 1 and its output is subsampled.
-        """
-        shape = ops.shape(inputs)
-        axes = self._spatial_axes
-        crops = self._valid_crops(rate) if self.padding == "valid" else (0, 0)
-        index = [slice(None)] * 4
-        padding, rates, strides, output_steps = [], [], [], []
-        for axis, size, stride, crop in zip(axes, self.kernel_size, self.strides, crops):
-            length = shape[axis]
-            span = rate * (size - 1)
-            if self.padding == "symmetric":
-                before = after = span // 2
-            elif self.padding == "valid":
-                before = after = -crop
-            else:  # TensorFlow's "same"; the length may be a symbolic tensor
-                total = ((length + stride - 1) // stride - 1) * stride + span + 1 - length
-                total = ops.maximum(total, 0) if not isinstance(total, int) else max(total, 0)
-                before, after = total // 2, total - total // 2
-            out = (length + before + after - span - 1) // stride + 1
-            if rate % stride:
-                start, rates_axis, stride_axis, step = None, rate, 1, stride
-                before_axis, after_axis = before, after
-            else:
-                # Input row s * v - before, for v counted from `front` rows
-                # of padding, is row `offset` + s * (v - front) of the input.
-                offset = (-before) % stride
-                front = (before + offset) // stride
-                kept = (length - offset + stride - 1) // stride
-                after_axis = out + span // stride - front - kept
-                start, rates_axis, stride_axis, step = offset, rate // stride, 1, 1
-                before_axis = front
-            if start is not None and stride > 1:
-                index[axis] = slice(start, None, stride)
-            padding.append((before_axis, after_axis))
-            rates.append(rates_axis), strides.append(stride_axis)
-            output_steps.append(step)
-        inputs = _slice(inputs, index)
-        # Negative padding crops; symbolic padding is applied by a pad op.
-        static = all(isinstance(v, int) for pair in padding for v in pair)
-        if static:
-            inputs = _crop(inputs, axes, [(max(-b, 0), max(-a, 0)) for b, a in padding])
-            padding = [(max(b, 0), max(a, 0)) for b, a in padding]
-        else:
-            widths = [(0, 0)] * 4
-            for axis, pair in zip(axes, padding):
-                widths[axis] = pair
-            inputs, padding = ops.pad(inputs, widths), "valid"
-        outputs = conv_ops.conv2d(
-            inputs, kernel, tuple(strides), padding, tuple(rates),
-            self._compute_format,
-        )
-        index = [slice(None)] * 4
-        for axis, step in zip(axes, output_steps):
-            index[axis] = slice(None, None, step if step > 1 else None)
-        return _slice(outputs, index)
 
     def compute_output_shape(self, input_shape):
         spatial = (1, 2) if self.data_format == "channels_last" else (2, 3)
@@ -520,25 +492,10 @@ class PSConv2D(keras.layers.Layer):
                 "pattern": None if self.pattern is None else list(self.pattern),
                 "cyclic": self.cyclic,
                 "layout": self.layout,
+                "implementation": self.implementation,
                 "dilation_matrix": None
                 if self._rates_given is None
                 else explicit_matrix.encode(self._rates_given),
             }
         )
         return config
-
-
-def _crop(tensor, axes, crops):
-    """Removes `crops` (an int, or (before, after)) from each spatial axis."""
-    index = [slice(None)] * 4
-    for axis, crop in zip(axes, crops):
-        before, after = (crop, crop) if isinstance(crop, int) else crop
-        index[axis] = slice(before or None, -after or None)
-    return _slice(tensor, index)
-
-
-def _slice(tensor, index):
-    # Skipping identity slices keeps them out of exported graphs.
-    if all(part == slice(None) for part in index):
-        return tensor
-    return tensor[tuple(index)]

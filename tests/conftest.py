@@ -15,3 +15,7 @@ if keras.backend.backend() == "tensorflow":
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2
     )
+
+# Deterministic tests: PSConv2D(implementation="auto") uses its fixed default
+# instead of measuring (tests of the tuner turn it back on).
+os.environ.setdefault("PSCONV_TF_AUTOTUNE", "0")

@@ -9,6 +9,7 @@ from keras import ops
 
 import reference
 from psconv_tf import PSConv2D
+from psconv_tf.executor import IMPLEMENTATIONS
 
 PATTERNS = {2: (1, 2), 4: (1, 2, 1, 4), 8: (1, 1, 2, 1, 1, 3, 1, 4)}
 
@@ -135,9 +136,14 @@ def test_dilation_matrix_follows_the_paper(config):
     np.testing.assert_array_equal(layer.dilation_matrix(), _expected_matrix(config))
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=_config_id)
-def test_forward_matches_reference(config):
-    layer, x, layer_x = _layer_and_input(config)
+@pytest.mark.parametrize(
+    "config, implementation",
+    [(config, "auto") for config in CONFIGS]
+    + [(config, name) for name in IMPLEMENTATIONS for config in CONFIGS[::2]],
+    ids=lambda v: v if isinstance(v, str) else _config_id(v),
+)
+def test_forward_matches_reference(config, implementation):
+    layer, x, layer_x = _layer_and_input(config, implementation=implementation)
     y = _to_channels_last(layer(layer_x.astype("float32")), config)
     expected = _reference_output(layer, config, x)
     assert y.shape == expected.shape
@@ -147,14 +153,15 @@ def test_forward_matches_reference(config):
     _assert_close(y, expected)
 
 
-@pytest.mark.parametrize("config", CONFIGS[::3], ids=_config_id)
-def test_gradients_match_reference(config):
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("config", CONFIGS[::6], ids=_config_id)
+def test_gradients_match_reference(config, implementation):
     """Directional derivatives of sum(y * g) against the reference.
 
     The layer is linear in its input and in its kernel, so the reference's
     change along a direction is exactly the directional derivative.
     """
-    layer, x, layer_x = _layer_and_input(config)
+    layer, x, layer_x = _layer_and_input(config, implementation=implementation)
     rng = np.random.default_rng(1)
     kernel = ops.convert_to_numpy(layer.kernel).astype(np.float64)
     y_shape = _reference_output(layer, config, x).shape
@@ -367,6 +374,16 @@ def test_keras_file_round_trip(tmp_path):
         (dict(strides=(1, 2, 3)), "strides"),
         (dict(dilation_rate=(1, 2)), "dilation_rate"),
         (dict(data_format="NHWC"), "data_format"),
+        (dict(kernel_size=3.0), "kernel_size"),
+        (dict(kernel_size=True), "kernel_size"),
+        (dict(kernel_size=None), "kernel_size"),
+        (dict(kernel_size="3"), "kernel_size"),
+        (dict(strides=True), "strides"),
+        (dict(strides=(1.0, 1)), "strides"),
+        (dict(filters=True), "filters"),
+        (dict(filters=8.0), "filters"),
+        (dict(groups=True), "groups"),
+        (dict(implementation="fast"), "implementation"),
         (dict(kernel_size=2, padding="symmetric", pattern=(1, 2)), "symmetric"),
         (dict(kernel_size=4, padding="valid", pattern=(1, 2)), "valid"),
     ],
@@ -407,3 +424,32 @@ def test_ablations_only_check_the_axis_that_varies():
 def test_inspection_needs_a_built_layer():
     with pytest.raises(ValueError, match="built"):
         PSConv2D(8, 3).dilation_matrix()
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    "padding, stride, size",
+    [("valid", 1, 8), ("valid", 2, 4), ("same", 2, 8), ("symmetric", 2, 8)],
+)
+def test_empty_batch_gives_empty_output(padding, stride, size, implementation):
+    # Largest rate 4: "valid" keeps 16 - 4 * 2 = 8 rows at stride 1.
+    layer = PSConv2D(4, 3, strides=stride, padding=padding, implementation=implementation)
+    y = layer(np.zeros((0, 16, 16, 16), "float32"))
+    assert tuple(y.shape) == (0, size, size, 4)
+
+
+@pytest.mark.parametrize("strides, padding", [(1, "same"), (2, "valid")])
+def test_native_conv2d_equals_conv2d(strides, padding):
+    from psconv_tf import NativeConv2D
+
+    x = np.random.default_rng(7).normal(size=(2, 11, 11, 16)).astype("float32")
+    native = NativeConv2D(8, 3, strides=strides, padding=padding, groups=4)
+    native.build(x.shape)
+    expected = reference.conv_valid(
+        reference._pad(x.astype(np.float64), [(1, 1)] * 2 if padding == "same" else [(0, 0)] * 2),
+        reference.dense_from_grouped(ops.convert_to_numpy(native.kernel), 4),
+        (strides, strides), 1,
+    ) + ops.convert_to_numpy(native.bias)
+    _assert_close(ops.convert_to_numpy(native(x)), expected)
+    clone = keras.layers.deserialize(keras.layers.serialize(native))
+    assert type(clone) is NativeConv2D and clone.get_config() == native.get_config()

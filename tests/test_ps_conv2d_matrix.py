@@ -9,6 +9,7 @@ from keras import ops
 
 import reference
 from psconv_tf import PSConv2D
+from psconv_tf.executor import IMPLEMENTATIONS
 from test_ps_conv2d import _assert_close
 from test_ps_conv2d import _layer_gradients
 
@@ -57,10 +58,11 @@ def random_rates(case, seed=0):
     return rates
 
 
-def _layer_and_input(case, seed=0):
+def _layer_and_input(case, seed=0, implementation="auto"):
     rates = random_rates(case, seed)
     layer = PSConv2D(
         case.filters, case.kernel_size, strides=case.strides, padding=case.padding,
+        implementation=implementation,
         groups=case.groups, data_format=case.data_format, dilation_matrix=rates,
         bias_initializer=keras.initializers.RandomNormal(seed=seed),
     )
@@ -89,9 +91,10 @@ def _channels_last(y, case):
     return y if case.data_format == "channels_last" else y.transpose(0, 2, 3, 1)
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_forward_matches_reference(case):
-    layer, rates, x, layer_x = _layer_and_input(case)
+def test_forward_matches_reference(case, implementation):
+    layer, rates, x, layer_x = _layer_and_input(case, implementation=implementation)
     expected, full = _reference(layer, case, rates, x)
     np.testing.assert_array_equal(layer.dilation_matrix(), full)
     y = _channels_last(layer(layer_x.astype("float32")), case)
@@ -99,9 +102,10 @@ def test_forward_matches_reference(case):
     _assert_close(y, expected)
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("case", CASES[1::3], ids=lambda c: c.id)
-def test_gradients_match_reference(case):
-    layer, rates, x, layer_x = _layer_and_input(case)
+def test_gradients_match_reference(case, implementation):
+    layer, rates, x, layer_x = _layer_and_input(case, implementation=implementation)
     rng = np.random.default_rng(2)
     expected, _ = _reference(layer, case, rates, x)
     cotangent = rng.normal(size=expected.shape)
