@@ -38,7 +38,8 @@ class DynamicPSConv2D(PSConv2D):
       ... x A_n): the sign of the product of the real factors. S has shape
       (filters, input channels per group); `factor_shapes` sets the A_i.
     - Surrogate gradient (`surrogate`): d sign(a) / da is replaced by the
-      derivative of clip(a, -1, 1) (default), of a, or of tanh(a).
+      derivative of clip(a, -1, 1) (default; a factor beyond |a| = 1 gets
+      no gradient until weight decay brings it back), of a, or of tanh(a).
     - Initialization (`mask_initializer`): "lattice" (default) starts from
       the blocked static PSConv lattice of `initial_pattern` (a cycle of the
       two rates, default (small, large, small, large): half the kernels at
