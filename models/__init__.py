@@ -5,9 +5,12 @@
     >>> "ps_resnext50_32x4d" in models.list_models()
     True
 
-Every architecture `NAME` is registered twice: `NAME` with standard convs and
-`ps_NAME` with PSConv2D (pass `pattern`, `cyclic` or `dilation_rate` to tune
-it). The builders are also importable by name, with a `conv` argument.
+Every architecture `NAME` is registered three times: `NAME` with standard
+convs, `ps_NAME` with PSConv2D (pass `pattern`, `cyclic` or `dilation_rate`
+to tune it) and `dps_NAME` with DynamicPSConv2D, which learns its lattice
+(pass `dynamic_options`; `psconv_tf.freeze` turns it into `ps_NAME` with the
+learned lattices). The builders are also importable by name, with a `conv`
+argument.
 """
 
 import functools
@@ -57,17 +60,20 @@ _ARCHITECTURES = {
 }
 
 
+_PREFIXES = {"standard": "", "psconv": "ps_", "dynamic": "dps_"}
+
+
 def _builder(architecture):
     def build(conv="standard", **kwargs):
         arguments = dict(_ARCHITECTURES[architecture])
         arguments.update(kwargs)
-        arguments.setdefault("name", ("ps_" if conv == "psconv" else "") + architecture)
+        arguments.setdefault("name", _PREFIXES.get(conv, "") + architecture)
         return ResNet(conv=conv, **arguments)
 
     build.__name__ = architecture
     build.__doc__ = (
         f"{architecture}: `ResNet` with this architecture's stages; `conv` is "
-        "'standard' or 'psconv', other arguments as for `ResNet`."
+        "'standard', 'psconv' or 'dynamic', other arguments as for `ResNet`."
     )
     return build
 
@@ -92,6 +98,7 @@ _REGISTRY = {}
 for _name, _build in _BUILDERS.items():
     _REGISTRY[_name] = functools.partial(_build, conv="standard")
     _REGISTRY["ps_" + _name] = functools.partial(_build, conv="psconv")
+    _REGISTRY["dps_" + _name] = functools.partial(_build, conv="dynamic")
 
 
 def list_models():
@@ -103,7 +110,7 @@ def get(name, **kwargs):
     """Builds the registered model `name` (see `list_models()`).
 
     Args:
-        name: e.g. "resnet50" or "ps_resnet50".
+        name: e.g. "resnet50", "ps_resnet50" or "dps_resnet50".
         **kwargs: arguments of `ResNet` (include_top, num_classes,
             input_shape, pooling, feature_maps, weights, pattern, cyclic,
             dilation_rate, name, ...). The conv type comes from the name.

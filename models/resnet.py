@@ -13,10 +13,11 @@ import dataclasses
 
 import keras
 
+from psconv_tf.dynamic_ps_conv2d import DynamicPSConv2D
 from psconv_tf.native_conv import NativeConv2D
 from psconv_tf.ps_conv2d import PSConv2D
 
-CONV_TYPES = ("standard", "psconv")
+CONV_TYPES = ("standard", "psconv", "dynamic")
 BATCH_NORM = dict(momentum=0.9, epsilon=1e-5)  # PyTorch's defaults
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu").
 CONV_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
@@ -50,6 +51,7 @@ def ResNet(
     pattern=(1, 2, 1, 4),
     cyclic="both",
     dilation_rate=1,
+    dynamic_options=None,
     include_top=True,
     num_classes=1000,
     input_shape=None,
@@ -72,8 +74,11 @@ def ResNet(
         width_per_group: bottleneck width per group at 64 planes (ResNeXt's d).
         se_reduction: if set, a squeeze-and-excitation unit with this
             reduction ratio on every residual branch (SE-ResNet).
-        conv: `"standard"` or `"psconv"`.
+        conv: `"standard"`, `"psconv"` or `"dynamic"` (`DynamicPSConv2D`,
+            which learns its lattice; freeze it with `psconv_tf.freeze`).
         pattern, cyclic, dilation_rate: passed to every `PSConv2D`.
+        dynamic_options: dict of `DynamicPSConv2D` arguments (rates,
+            factor_shapes, surrogate, ...) for `conv="dynamic"`.
         include_top: whether to end with global pooling and a classifier.
         num_classes: classifier outputs.
         input_shape: input shape without batch; (224, 224, 3) or (32, 32, 3)
@@ -121,7 +126,11 @@ def ResNet(
     if input_shape is None:
         input_shape = (224, 224, 3) if stem == "imagenet" else (32, 32, 3)
     psconv = dict(pattern=pattern, cyclic=cyclic, dilation_rate=dilation_rate)
-    make_conv3x3 = _psconv3x3(psconv) if conv == "psconv" else _conv3x3
+    make_conv3x3 = {
+        "standard": _conv3x3,
+        "psconv": _psconv3x3(PSConv2D, psconv),
+        "dynamic": _psconv3x3(DynamicPSConv2D, dynamic_options or {}),
+    }[conv]
 
     inputs = keras.Input(input_shape, name="image")
     x = _stem(inputs, stem, stem_filters)
@@ -199,9 +208,9 @@ def _conv3x3(filters, stride, groups, name):
     return apply
 
 
-def _psconv3x3(psconv):
+def _psconv3x3(layer_class, psconv):
     def make(filters, stride, groups, name):
-        return PSConv2D(
+        return layer_class(
             filters, 3, strides=stride, padding="symmetric", groups=groups,
             use_bias=False, kernel_initializer=CONV_INIT, name=name, **psconv,
         )

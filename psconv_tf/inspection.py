@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from psconv_tf.dynamic_ps_conv2d import DynamicPSConv2D
 from psconv_tf.ps_conv2d import PSConv2D
 
 
@@ -22,7 +23,8 @@ def summary(model, print_fn=print):
 
     Each row: name, channels (in -> out), kernel, strides, groups, pattern,
     cyclic, layout ("explicit", "-", "-" for a layer built from a dilation
-    matrix), and the share of kernels at each rate.
+    matrix; "learned (small, large)", "-", "-" for a DynamicPSConv2D), and
+    the share of kernels at each rate (a DynamicPSConv2D's current ones).
     """
     rows = []
     for layer in ps_layers(model):
@@ -35,7 +37,7 @@ def summary(model, print_fn=print):
                 kernel="x".join(map(str, layer.kernel_size)),
                 strides="x".join(map(str, layer.strides)),
                 groups=layer.groups,
-                pattern="explicit" if layer.pattern is None else layer.pattern,
+                pattern=_pattern(layer),
                 cyclic=layer.cyclic or "-",
                 layout=layer.layout or "-",
                 rates={
@@ -54,6 +56,12 @@ def summary(model, print_fn=print):
         print_fn("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
     print_fn(f"{len(rows)} PSConv2D layers")
     return rows
+
+
+def _pattern(layer):
+    if isinstance(layer, DynamicPSConv2D):
+        return f"learned {layer.pattern}"  # its two rates
+    return "explicit" if layer.pattern is None else layer.pattern
 
 
 def _cell(value):

@@ -4,6 +4,7 @@ import math
 
 import keras
 
+from psconv_tf.dynamic_ps_conv2d import DynamicPSConv2D
 from psconv_tf.ps_conv2d import PSConv2D
 
 
@@ -15,22 +16,34 @@ def profile(model, input_shape=None):
     224x224); a PSConv2D has exactly the MACs of the Conv2D it replaces. A
     layer called several times counts every call.
 
+    A `DynamicPSConv2D` counts as the static layer it freezes to; a model
+    with dynamic layers also gets "latent_params", their latent mask factors
+    (included in "params", which freezing removes), and "training_macs",
+    the MACs of the forward pass while they are dynamic: one full
+    convolution per rate, twice the static MACs for two rates.
+
     Args:
         model: a built functional or Sequential model.
         input_shape: input shape without batch, to count at another size than
             the model's own (which may have None spatial dimensions).
 
     Returns:
-        dict with "params" and "macs" (ints).
+        dict with "params" and "macs" (ints), and "latent_params" and
+        "training_macs" for a model with dynamic layers.
     """
     if input_shape is not None:
         model = keras.models.clone_model(
             model, input_tensors=keras.Input(tuple(input_shape))
         )
-    return {
+    counts = {
         "params": sum(math.prod(w.shape) for w in model.trainable_weights),
         "macs": _macs(model),
     }
+    dynamic = [layer for layer in _layers(model) if isinstance(layer, DynamicPSConv2D)]
+    if dynamic:
+        counts["latent_params"] = sum(layer.latent_parameters() for layer in dynamic)
+        counts["training_macs"] = _macs(model, training=True)
+    return counts
 
 
 COUNTED_LAYERS = (
@@ -43,25 +56,34 @@ COUNTED_LAYERS = (
 )
 
 
-def _macs(model):
-    total = 0
+def _layers(model):
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            total += _macs(layer)
-        elif isinstance(layer, COUNTED_LAYERS):
+            yield from _layers(layer)
+        else:
+            yield layer
+
+
+def _macs(model, training=False):
+    total = 0
+    for layer in _layers(model):
+        if isinstance(layer, COUNTED_LAYERS):
             for node in layer._inbound_nodes:
                 total += _layer_macs(
-                    layer, node.input_tensors[0].shape, node.output_tensors[0].shape
+                    layer, node.input_tensors[0].shape,
+                    node.output_tensors[0].shape, training,
                 )
     return total
 
 
-def _layer_macs(layer, input_shape, output_shape):
+def _layer_macs(layer, input_shape, output_shape, training=False):
     if any(d is None for d in tuple(input_shape[1:]) + tuple(output_shape[1:])):
         raise ValueError(
             f"Layer {layer.name!r} has unknown dimensions {tuple(input_shape)}: "
             "pass `input_shape` to count MACs at a given size."
         )
+    if training and isinstance(layer, DynamicPSConv2D):
+        return layer.training_macs(tuple(input_shape[1:]))
     if isinstance(layer, PSConv2D):
         return layer.macs(tuple(input_shape[1:]))
     if isinstance(layer, keras.layers.Dense):

@@ -1,0 +1,360 @@
+"""DynamicPSConv2D: a PSConv layer that learns its dilation lattice (§4.2)."""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from psconv_tf import explicit_matrix
+from psconv_tf import kronecker_mask
+from psconv_tf import lattice
+from psconv_tf import rate_conv
+from psconv_tf.ps_conv2d import PSConv2D
+
+SURROGATES = kronecker_mask.SURROGATES
+MASK_INITIALIZERS = ("lattice", "random")
+# |factor| at initialization: half way to the edge of the clipped identity's
+# window [-1, 1], so a factor flips after moving by 0.5.
+INITIAL_MAGNITUDE = 0.5
+# PSConv2D arguments that a learned lattice replaces.
+STATIC_ARGUMENTS = (
+    "pattern", "cyclic", "layout", "dilation_rate", "dilation_matrix", "implementation",
+)
+
+
+@keras.saving.register_keras_serializable(package="psconv_tf")
+class DynamicPSConv2D(PSConv2D):
+    """PSConv with a learned binary choice of rate per kernel (paper, §4.2).
+
+    Every kernel (filter c, input channel k) runs at the small or the large
+    of two `rates`, chosen by a binary mask M (1: large). M is the Kronecker
+    product of small real-valued latent factors, binarized in the forward
+    pass and trained through a straight-through estimator. The paper gives no
+    more detail; everything below is this library's choice:
+
+    - Factors and threshold: M = (1 + S) / 2 with S = sign(A_1) x ... x
+      sign(A_n) (x: Kronecker product; sign(0) = +1), which is sign(A_1 x
+      ... x A_n): the sign of the product of the real factors. S has shape
+      (filters, input channels per group); `factor_shapes` sets the A_i.
+    - Surrogate gradient (`surrogate`): d sign(a) / da is replaced by the
+      derivative of clip(a, -1, 1) (default; a factor beyond |a| = 1 gets
+      no gradient until weight decay brings it back), of a, or of tanh(a).
+    - Initialization (`mask_initializer`): "lattice" (default) starts from
+      the blocked static PSConv lattice of `initial_pattern` (a cycle of the
+      two rates, default (small, large, small, large): half the kernels at
+      each rate), exactly, with every |A_i| = 0.5; "random" draws A_i
+      uniformly in [-0.5, 0.5].
+    - Learning rate (`mask_learning_rate_multiplier`, mu): the layer stores
+      V_i and uses A_i = sqrt(mu) * V_i, so plain or momentum SGD moves A_i
+      as with mu times the learning rate, while L2 weight decay on V_i decays
+      A_i at the usual rate (adaptive optimizers see a factor sqrt(mu)).
+
+    Cost. In training and in inference the layer computes
+    sum over the two rates r of conv(x, W * [D = r], r): two full
+    convolutions, twice the multiply-accumulates of the static layer, plus
+    the latent factors (`profile` counts both). `freeze()` returns the
+    static `PSConv2D` with the learned D, which computes the same function at
+    the static cost; `psconv_tf.freeze(model)` freezes a whole model.
+
+    Args:
+        filters, kernel_size, strides, padding, data_format, groups,
+        activation, use_bias, kernel_initializer, bias_initializer,
+        kernel_regularizer, bias_regularizer, activity_regularizer,
+        kernel_constraint, bias_constraint: as for `PSConv2D`.
+        rates: (small, large), two increasing positive ints; default (1, 2),
+            the paper's dynamic PS-ResNet-50.
+        factor_shapes: sequence of (rows, cols), the shapes of the latent
+            factors, left to right; rows multiply to `filters` and cols to
+            the input channels per group. One factor may give -1 for rows
+            and one for cols: the rest. Default ((t, t), (-1, -1)) with t =
+            len(initial_pattern), preceded by (groups, 1) when groups > 1:
+            a coarse t x t pattern of rates times a fine pattern within
+            each block, the shape of the static lattice.
+        surrogate: "clipped_identity", "identity" or "tanh".
+        mask_initializer: "lattice" or "random".
+        initial_pattern: the cycle of rates for the "lattice" initialization,
+            each one of `rates`; default (small, large, small, large).
+        mask_learning_rate_multiplier: positive float mu; default 1.
+
+    Example:
+
+    >>> layer = DynamicPSConv2D(16, 3, padding="same", rates=(1, 2))
+    >>> tuple(layer(keras.random.normal((2, 8, 8, 16))).shape)
+    (2, 8, 8, 16)
+    >>> sorted(set(layer.dilation_matrix().ravel().tolist()))
+    [1, 2]
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        data_format=None,
+        groups=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        rates=(1, 2),
+        factor_shapes=None,
+        surrogate="clipped_identity",
+        mask_initializer="lattice",
+        initial_pattern=None,
+        mask_learning_rate_multiplier=1.0,
+        **kwargs,
+    ):
+        original_rates = rates
+        try:
+            rates = lattice.validate_pattern(rates)
+        except ValueError:
+            rates = ()
+        if len(rates) != 2 or rates[0] >= rates[1]:
+            raise ValueError(
+                "Argument `rates` must be two increasing positive integers "
+                f"(small, large). Received: rates={original_rates!r}"
+            )
+        for name in STATIC_ARGUMENTS:
+            if name in kwargs:
+                raise ValueError(
+                    f"DynamicPSConv2D learns its lattice: `{name}` does not "
+                    "apply. Use `rates` and `initial_pattern`."
+                )
+        super().__init__(
+            filters, kernel_size, strides=strides, padding=padding,
+            data_format=data_format, groups=groups, activation=activation,
+            use_bias=use_bias, kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint, pattern=rates, **kwargs,
+        )
+        self.cyclic = self.layout = None  # the lattice is learned
+        if initial_pattern is None:
+            initial_pattern = rates * 2
+        try:
+            self.initial_pattern = lattice.validate_pattern(initial_pattern)
+        except ValueError:
+            raise ValueError(
+                "Argument `initial_pattern` must be a non-empty sequence of "
+                f"positive integers. Received: initial_pattern={initial_pattern!r}"
+            ) from None
+        if not set(self.initial_pattern) <= set(rates):
+            raise ValueError(
+                "Argument `initial_pattern` must use only the `rates` "
+                f"{rates}. Received: initial_pattern={self.initial_pattern}"
+            )
+        if surrogate not in SURROGATES:
+            raise ValueError(
+                f"Argument `surrogate` must be one of {SURROGATES}. "
+                f"Received: surrogate={surrogate!r}"
+            )
+        if mask_initializer not in MASK_INITIALIZERS:
+            raise ValueError(
+                f"Argument `mask_initializer` must be one of {MASK_INITIALIZERS}. "
+                f"Received: mask_initializer={mask_initializer!r}"
+            )
+        multiplier = mask_learning_rate_multiplier
+        if (
+            isinstance(multiplier, bool)
+            or not isinstance(multiplier, (int, float, np.floating, np.integer))
+            or not math.isfinite(multiplier)
+            or multiplier <= 0
+        ):
+            raise ValueError(
+                "Argument `mask_learning_rate_multiplier` must be a positive "
+                f"finite number. Received: {multiplier!r}"
+            )
+        self.surrogate = surrogate
+        self.mask_initializer = mask_initializer
+        self.mask_learning_rate_multiplier = float(multiplier)
+        self.factor_shapes = kronecker_mask.validate_factor_shapes(factor_shapes)
+
+    @property
+    def small_rate(self):
+        return self.pattern[0]
+
+    @property
+    def large_rate(self):
+        return self.pattern[1]
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                "DynamicPSConv2D expects inputs of rank 4. Received: "
+                f"input_shape={input_shape}"
+            )
+        channel_axis = -1 if self.data_format == "channels_last" else 1
+        in_channels = input_shape[channel_axis]
+        if in_channels is None or in_channels % self.groups:
+            raise ValueError(
+                "The channel dimension of the inputs of DynamicPSConv2D must "
+                f"be known and divisible by groups={self.groups}. Received: "
+                f"input_shape={input_shape}"
+            )
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={channel_axis: in_channels})
+        self.compute_output_shape(input_shape)
+        in_per_group = in_channels // self.groups
+        shapes = self._resolved_factor_shapes(in_per_group)
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=self.kernel_size + (in_per_group, self.filters),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias", shape=(self.filters,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+            )
+        self._rate_convs = {
+            rate: rate_conv.RateConv(
+                rate, self.kernel_size, self.strides, self.padding,
+                self.large_rate, self._compute_format,
+            )
+            for rate in self.rates
+        }
+        initial = self._initial_factors(in_channels, shapes)
+        self.mask_factors = [
+            self.add_weight(
+                name=f"mask_factor_{index}", shape=shape,
+                initializer=_constant_or(value, self._scale),
+            )
+            for index, (shape, value) in enumerate(zip(shapes, initial))
+        ]
+
+    @property
+    def _scale(self):
+        return math.sqrt(self.mask_learning_rate_multiplier)
+
+    def _resolved_factor_shapes(self, in_per_group):
+        shapes = self.factor_shapes
+        if shapes is None:
+            t = len(self.initial_pattern)
+            shapes = ((t, t), (-1, -1))
+            if self.groups > 1:
+                shapes = ((self.groups, 1),) + shapes
+        return kronecker_mask.resolve_factor_shapes(shapes, (self.filters, in_per_group))
+
+    def _initial_factors(self, in_channels, shapes):
+        """The +-1 factors for "lattice", None each for "random"."""
+        if self.mask_initializer == "random":
+            return [None] * len(shapes)
+        matrix = lattice.dilation_matrix(
+            in_channels, self.filters, self.initial_pattern, groups=self.groups,
+            cyclic="both", layout="blocked",
+        )
+        signs = np.where(explicit_matrix.compress(matrix, self.groups) == self.large_rate, 1, -1)
+        factors = kronecker_mask.kronecker_factors(signs, shapes)
+        if factors is None:
+            raise ValueError(
+                f"The static lattice of initial_pattern={self.initial_pattern} "
+                f"is not a Kronecker product of factors of shapes {shapes}: "
+                "choose `factor_shapes` with a first factor (t, t) (after "
+                "(groups, 1)), or mask_initializer='random'."
+            )
+        return factors
+
+    def mask(self):
+        """M as a (filters, in_channels // groups) tensor of 0. and 1. (1: large)."""
+        signs = [
+            kronecker_mask.binarize(ops.multiply(factor, self._scale), self.surrogate)
+            for factor in self.mask_factors
+        ]
+        return (kronecker_mask.kronecker(*signs) + 1.0) / 2.0
+
+    def call(self, inputs, training=None):
+        transpose = self._compute_format != self.data_format
+        if transpose:
+            inputs = ops.transpose(inputs, (0, 2, 3, 1))
+        large = ops.cast(ops.transpose(self.mask()), self.kernel.dtype)[None, None]
+        convs = self._rate_convs
+        outputs = convs[self.small_rate](inputs, self.kernel * (1.0 - large))
+        outputs = outputs + convs[self.large_rate](inputs, self.kernel * large)
+        if self.use_bias:
+            shape = [1, 1, 1, 1]
+            shape[self._channel_axis] = self.filters
+            outputs = outputs + ops.reshape(self.bias, shape)
+        if transpose:
+            outputs = ops.transpose(outputs, (0, 3, 1, 2))
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def dilation_matrix(self):
+        """The current learned D, (filters, in_channels), 0 across groups."""
+        self._require_built("dilation_matrix")
+        large = self._mask_numpy() > 0.5
+        rates = np.where(large, self.large_rate, self.small_rate)
+        return explicit_matrix.expand(rates, self.groups)
+
+    def _mask_numpy(self):
+        return ops.convert_to_numpy(ops.stop_gradient(self.mask()))
+
+    def rate_shares(self):
+        """{rate: share of the kernels at that rate} of the current D."""
+        large = float(np.mean(self._mask_numpy()))
+        return {self.small_rate: 1.0 - large, self.large_rate: large}
+
+    def macs(self, input_shape):
+        """Multiply-accumulates of the frozen layer (one per kernel tap)."""
+        output_shape = self.compute_output_shape((None,) + tuple(input_shape))
+        spatial = (1, 2) if self.data_format == "channels_last" else (2, 3)
+        pixels = output_shape[spatial[0]] * output_shape[spatial[1]]
+        per_pixel = math.prod(self.kernel.shape)
+        return pixels * per_pixel
+
+    def training_macs(self, input_shape):
+        """Multiply-accumulates of this layer's own forward pass: one full
+        convolution per rate."""
+        return len(self.rates) * self.macs(input_shape)
+
+    def latent_parameters(self):
+        """Number of latent mask parameters."""
+        return sum(math.prod(factor.shape) for factor in self.mask_factors)
+
+    def freeze(self):
+        """The static `PSConv2D` with the learned D and this layer's weights."""
+        from psconv_tf.freeze import frozen_layer
+
+        return frozen_layer(self)
+
+    def get_config(self):
+        config = super().get_config()
+        for name in STATIC_ARGUMENTS:
+            config.pop(name, None)
+        config.update(
+            rates=list(self.pattern),
+            factor_shapes=(
+                None if self.factor_shapes is None
+                else [list(shape) for shape in self.factor_shapes]
+            ),
+            surrogate=self.surrogate,
+            mask_initializer=self.mask_initializer,
+            initial_pattern=list(self.initial_pattern),
+            mask_learning_rate_multiplier=self.mask_learning_rate_multiplier,
+        )
+        return config
+
+
+def _constant_or(signs, scale):
+    """Initializer of a stored factor V (A = scale * V)."""
+    if signs is None:
+        return keras.initializers.RandomUniform(
+            -INITIAL_MAGNITUDE / scale, INITIAL_MAGNITUDE / scale
+        )
+    value = np.asarray(signs, np.float64) * INITIAL_MAGNITUDE / scale
+    return lambda shape, dtype=None: ops.convert_to_tensor(value, dtype=dtype)
