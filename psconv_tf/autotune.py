@@ -46,8 +46,10 @@ from psconv_tf import executor
 # On a 2-core CPU (TensorFlow 2.21) "masked" ran fastest at 16@28² and
 # 32@14² and at ResNeXt's 4 channels per group, "split" at ResNet-50's sizes.
 # On a GPU under JAX "masked" is the default at every size: on an H100 it ran
-# fastest at every ResNet-50 and small shape (one large convolution per rate
-# beats many small ones there; see benchmarks/accelerator_speed.py).
+# fastest at up to 128 channels and within 1.35x of "grouped" (the fastest)
+# at 256 and 512, forward+backward; "split" ran 3-6x a Conv2D there (many
+# small convolutions). With it ps_resnet50 trained at 0.73x resnet50's
+# throughput, against 0.13x before; see benchmarks/accelerator_speed.py.
 DEFAULT = "split"
 MASKED_KERNELS = 1024
 ENVIRONMENT = "PSCONV_TF_AUTOTUNE"

@@ -3,7 +3,11 @@
 import keras
 
 from psconv_tf import lattice
+from psconv_tf.native_conv import NativeConv2D
 from psconv_tf.ps_conv2d import PSConv2D
+
+# Convolutions that convert: Keras' own, and the zoo's grouped twin of it.
+PLAIN_CONVS = (keras.layers.Conv2D, NativeConv2D)
 
 
 def convert(
@@ -65,7 +69,7 @@ def convert(
 
     def clone(layer):
         config = layer.get_config()
-        if type(layer) is keras.layers.Conv2D and _chosen(layer, predicate, pattern, cyclic):
+        if type(layer) in PLAIN_CONVS and _chosen(layer, predicate, pattern, cyclic):
             _check_convertible(layer, pattern, cyclic)
             chosen.add(layer.name)
             return PSConv2D.from_config(
@@ -94,7 +98,7 @@ def _conv2d_layers(model):
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             found += _conv2d_layers(layer)
-        elif type(layer) is keras.layers.Conv2D:
+        elif type(layer) in PLAIN_CONVS:
             found.append(layer)
     return found
 

@@ -318,6 +318,11 @@ def _psconv_values(layer, params, module, dilation):
             f"Layer {layer.name!r} has padding={layer.padding!r}; the official "
             "layer pads as PyTorch does, which is padding='symmetric'."
         )
+    if layer.pattern is None:
+        raise ValueError(
+            f"Layer {layer.name!r} has an explicit dilation matrix; the official "
+            "layer is the cyclic lattice PSConv2D(pattern=(1, d, 1, 2d))."
+        )
     parts = len(layer.pattern)
     if parts % 2:
         raise ValueError(

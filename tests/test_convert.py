@@ -148,3 +148,18 @@ def _mobilenet_like():
 def test_what_cannot_be_converted_is_explained(make_model, predicate, message):
     with pytest.raises(ValueError, match=message):
         convert(make_model(), predicate=predicate)
+
+
+def test_zoo_grouped_twin_convs_convert_with_their_kernels():
+    """The zoo's standard ResNeXt twins use NativeConv2D for grouped 3x3
+    convs; convert() treats it as the Conv2D it is."""
+    from psconv_tf.native_conv import NativeConv2D
+
+    inputs = keras.Input((12, 12, 16))
+    native = NativeConv2D(16, 3, padding="same", groups=2, use_bias=False, name="g")
+    model = keras.Model(inputs, native(inputs))
+    converted = convert(model, pattern=(1,), transfer_kernels=True)
+    layer = converted.get_layer("g")
+    assert type(layer) is PSConv2D and layer.groups == 2
+    x = np.random.default_rng(0).normal(size=(2, 12, 12, 16)).astype("float32")
+    np.testing.assert_allclose(converted(x), model(x), rtol=1e-5, atol=1e-5)

@@ -289,6 +289,7 @@ def test_conv_type_clash_is_explained():
         (dict(dilation_rate=2), "has other rates than the official"),
         (dict(strides=2, padding="same"), "has padding='same'"),
         (dict(padding="valid"), "has padding='valid'"),
+        (dict(dilation_matrix=np.ones((32, 32), int)), "has an explicit dilation matrix"),
     ],
 )
 def test_layers_unlike_the_official_layer_are_refused(psconv_kwargs, message):

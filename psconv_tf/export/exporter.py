@@ -5,6 +5,7 @@ import tempfile
 import warnings
 
 from psconv_tf.export.errors import ExportError
+from psconv_tf.freeze import freeze
 from psconv_tf.export.serving import export_saved_model
 from psconv_tf.export.sources import load_model
 from psconv_tf.export.sources import read_run_config
@@ -24,7 +25,8 @@ def export(
     """Exports `source` to `output_dir` in every format of `formats`.
 
     Args:
-        source: see `load_model`.
+        source: see `load_model`. Its `DynamicPSConv2D` layers are frozen
+            to the static `PSConv2D` they compute in inference.
         output_dir: directory for `saved_model/` and `model_<format>.tflite`,
             each written under a temporary name and renamed when complete.
         formats: some of "saved_model", "float32", "float16",
@@ -57,7 +59,8 @@ def export(
         )
     if "int8" in formats and representative_data is None:
         raise ValueError("Format 'int8' needs `representative_data`.")
-    model = load_model(source, **model_kwargs)
+    # A dynamic PSConv model exports as its static (frozen) twin.
+    model = freeze(load_model(source, **model_kwargs))
     run = {"image_size": None, "normalization": None}
     if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
         run = read_run_config(os.fspath(source))

@@ -8,6 +8,8 @@ import time
 import keras
 import tensorflow as tf
 
+from psconv_tf import rate_share
+
 
 class RunLog:
     """Appends JSON records of a run's progress to log.jsonl, and TensorBoard.
@@ -17,12 +19,15 @@ class RunLog:
         position: `position()` returns the run's place as a dict (steps
             done, epoch, step, learning rate).
         verbose: whether to print epoch summaries and notices.
+        model: the model trained; the rate shares of its dynamic PSConv
+            layers, if any, are logged every epoch.
     """
 
-    def __init__(self, folder, position, verbose):
+    def __init__(self, folder, position, verbose, model=None):
         self.folder = folder
         self.position = position
         self.verbose = verbose
+        self.model = model
         self.summaries = tf.summary.create_file_writer(folder.tensorboard)
 
     def record(self, event, **fields):
@@ -39,6 +44,8 @@ class RunLog:
             for name, value in {**train_logs, **val_logs}.items():
                 tf.summary.scalar(name, value)
             tf.summary.scalar("learning_rate", learning_rate)
+            if self.model is not None:
+                rate_share.write_rate_shares(self.model)
         self.summaries.flush()
         if self.verbose:
             print(" - ".join(f"{name}: {value:.4f}" for name, value in val_logs.items()),

@@ -278,7 +278,7 @@ class Trainer:
             **{f"best_{name}": variable for name, variable in self.best.items()},
         )
         backups = tf.train.CheckpointManager(checkpoint, folder.backup, max_to_keep=1)
-        log = RunLog(folder, self.position, self.options.verbose)
+        log = RunLog(folder, self.position, self.options.verbose, model=self.model)
         if resuming:
             # Every worker resumes from the chief's backup.
             self._restore(checkpoint, tf.train.latest_checkpoint(chief_folder.backup))
