@@ -443,3 +443,31 @@ def test_scripts_run_from_any_folder_without_path_setup(tmp_path):
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr[-2000:]
         assert "--config" in result.stdout
+
+
+def test_dynamic_run_logs_rate_shares_and_exports_frozen(tmp_path):
+    """A dps_ model trains through the library: TensorBoard gets each layer's
+    rate shares every epoch, and the export command writes its frozen twin
+    (the SavedModel holds every variable but the latent mask factors)."""
+    from psconv_tf import export
+
+    training_helpers.write_fashion_mnist(str(tmp_path / "data"), 64, 32)
+    quick_run.main([str(arg) for arg in (
+        "--data-dir", tmp_path / "data", "--run-dir", tmp_path / "run", "--epochs", 1,
+        "--train-examples", 32, "--batch-size", 16, "--verbose", 0,
+        "--models", "dps_cifar_resnet20")])
+    run_dir = tmp_path / "run" / "dps_cifar_resnet20"
+    tags = set()
+    for path in run_dir.glob("**/events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    shares = {tag for tag in tags if tag.startswith("rate_share/")}
+    assert any(tag.endswith("/rate_1") for tag in shares), sorted(tags)
+    assert any(tag.endswith("/rate_2") for tag in shares), sorted(tags)
+    paths = export.export(str(run_dir), str(tmp_path / "out"), formats=["saved_model"])
+    saved = os.path.join(paths["saved_model"], "variables", "variables")
+    saved_count = sum(name.startswith("_all_variables/")
+                      for name, _ in tf.train.list_variables(saved))
+    dynamic = keras.saving.load_model(run_dir / "best.keras")
+    factors = [v for v in dynamic.variables if "mask_factor" in v.path]
+    assert factors and saved_count == len(dynamic.variables) - len(factors)
