@@ -45,6 +45,8 @@ def parse_args(argv):
     recipe.add_argument("--batch-size", type=int, default=16, help="global batch size")
     recipe.add_argument("--learning-rate", type=float, default=0.01,
                         help="learning rate at batch 16, scaled linearly with --batch-size")
+    recipe.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"),
+                        help="SGD with momentum 0.9 (the recipe) or AdamW (short runs from scratch)")
     recipe.add_argument("--warmup-steps", type=int, default=500, help="linear warm-up steps")
     recipe.add_argument("--min-size", type=int, default=800, help="shorter side after resizing")
     recipe.add_argument("--max-size", type=int, default=1333, help="longest side after resizing")

@@ -73,9 +73,10 @@ def options_from_args(args):
         schedule = retinanet.Schedule(
             epochs=args.epochs, milestones=milestones,
             base_learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
+            optimizer_name=args.optimizer,
         )
     except ValueError as error:
-        raise ValueError(f"--epochs/--milestones/--learning-rate: {error}") from None
+        raise ValueError(f"--epochs/--milestones/--learning-rate/--optimizer: {error}") from None
     try:
         inputs = input_pipeline.InputConfig(args.min_size, args.max_size, flip=args.flip)
     except ValueError as error:

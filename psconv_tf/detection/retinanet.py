@@ -20,6 +20,7 @@ from psconv_tf.detection import evaluation
 from psconv_tf.hub import PSResNetBackbone
 
 TORCH_SUFFIXES = (".pth", ".pt")
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +39,13 @@ class Schedule:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     clip_norm: float = 35.0
+    optimizer_name: str = "sgd"
 
     def __post_init__(self):
+        if self.optimizer_name not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer must be one of {OPTIMIZERS}. Received: {self.optimizer_name!r}"
+            )
         if self.epochs <= 0 or any(not 0 < m <= self.epochs for m in self.milestones):
             raise ValueError(
                 f"Milestones {self.milestones} must lie in 1..epochs ({self.epochs})."
@@ -59,10 +65,16 @@ class Schedule:
         )
 
     def optimizer(self, global_batch_size, steps_per_epoch):
-        # Keras' weight decay is decoupled (w -= lr * wd * w); with SGD it
-        # differs from PyTorch's coupled L2 only through the momentum.
+        """SGD (the recipe) or AdamW (for short runs from scratch), the
+        weight decay decoupled (w -= lr * wd * w), which for SGD differs from
+        PyTorch's coupled L2 only through the momentum."""
+        rate = self.learning_rate(global_batch_size, steps_per_epoch)
+        if self.optimizer_name == "adam":
+            return keras.optimizers.AdamW(
+                rate, weight_decay=self.weight_decay, global_clipnorm=self.clip_norm
+            )
         return keras.optimizers.SGD(
-            self.learning_rate(global_batch_size, steps_per_epoch),
+            rate,
             momentum=self.momentum,
             weight_decay=self.weight_decay,
             global_clipnorm=self.clip_norm,
@@ -113,6 +125,20 @@ def build_detector(backbone, num_classes, head_convs=4, dtype=None):
         bounding_box_format="xyxy",
         pre_logits_num_conv_layers=head_convs,
         dtype=dtype,
+        prediction_decoder=prediction_decoder(),
+    )
+
+
+def prediction_decoder(score_threshold=0.05, iou_threshold=0.5, max_detections=100):
+    """Per-class NMS as RetinaNet is evaluated (mmdet's test config): scores
+    from 0.05 (keras-hub's default of 0.5 would cut most of the
+    precision-recall curve that AP integrates), IoU 0.5, 100 per image."""
+    return keras_hub.layers.NonMaxSuppression(
+        bounding_box_format="xyxy",
+        from_logits=True,
+        iou_threshold=iou_threshold,
+        confidence_threshold=score_threshold,
+        max_detections=max_detections,
     )
 
 
