@@ -1,33 +1,38 @@
-"""Training speed: the ImageNet input pipeline, and PS-ResNet-50 against ResNet-50.
+"""Training speed: PS-ResNet-50 against ResNet-50, and the ImageNet input pipeline.
 
-1. Input pipeline: images per second of `training/dataloaders.py`'s
-   ImageNet pipeline (training: random-resized crop of the JPEG window, resize,
-   flip; evaluation: decode, resize to 256, centre crop) over a class-folder
-   tree of generated JPEGs the size of ImageNet's (500 x 375 on average).
-2. Training step: images per second of `train_lib.Trainer.train_steps`, the
-   step the training scripts run (forward, backward, coupled weight decay,
+1. Training step: images per second of `psconv_tf.training.Trainer.train_steps`,
+   the step the training scripts run (forward, backward, coupled weight decay,
    SGD with momentum, metrics), for ps_resnet50 and resnet50 on the same
    in-memory batch, in interleaved rounds on this machine's default strategy;
    medians and their ratio.
+2. Input pipeline: images per second of `psconv_tf.training.image_data`'s
+   ImageNet pipeline (training: random-resized crop of the JPEG window, resize,
+   flip; evaluation: decode, resize to 256, centre crop) over a class-folder
+   tree of generated JPEGs the size of ImageNet's (500 x 375 on average),
+   against the same preprocessing without the guard that skips undecodable
+   images (one plain map, where one bad image stops the run); medians of
+   interleaved rounds.
+
+Prints the README's two tables as they appear there.
 
     python benchmarks/training_speed.py [--batch 8] [--image-size 224] [--rounds 7]
 """
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "training"))
-
-import configs  # noqa: E402
-import dataloaders  # noqa: E402
-import train_lib  # noqa: E402
-from psconv_tf import models  # noqa: E402
+from psconv_tf import models
+from psconv_tf.training import configs
+from psconv_tf.training import image_data
+from psconv_tf.training import preprocessing
+from psconv_tf.training import strategy as strategies
+from psconv_tf.training.trainer import RunOptions
+from psconv_tf.training.trainer import Trainer
 
 MODELS = ("resnet50", "ps_resnet50")
 
@@ -45,29 +50,50 @@ def write_jpegs(folder, count, seed=0):
         tf.io.write_file(path, tf.io.encode_jpeg(tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8)))
 
 
-def pipeline_speed(folder, training, image_size, batch, batches):
-    """Images per second of the ImageNet pipeline, after one warm-up batch."""
-    source = dataloaders.image_folder_source(folder)
-    dataset = dataloaders.imagenet_input(source, training, image_size, batch)(
-        tf.distribute.InputContext()
-    ).repeat()
-    iterator = iter(dataset)
-    next(iterator)
-    start = time.perf_counter()
-    for _ in range(batches):
+def guarded_pipeline(source, training, image_size, batch):
+    """The training scripts' pipeline: undecodable images skipped and named."""
+    return image_data.imagenet_input(source, training, image_size, batch)(
+        tf.distribute.InputContext())
+
+
+def plain_pipeline(source, training, image_size, batch):
+    """The same preprocessing in one map, without the guard."""
+    preprocess = (preprocessing.preprocess_for_train if training
+                  else preprocessing.preprocess_for_eval)
+    records = source.read(tf.distribute.InputContext(), shuffle=training)
+    images = records.map(
+        lambda name, payload, label: (preprocess(source.load(name, payload), image_size), label),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    return images.batch(batch, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+
+def pipeline_speeds(folder, training, image_size, batch, batches, rounds):
+    """Median images per second of both pipelines, in interleaved rounds."""
+    source = image_data.image_folder_source(folder)
+    builders = {"guarded": guarded_pipeline, "plain": plain_pipeline}
+    iterators = {name: iter(build(source, training, image_size, batch).repeat())
+                 for name, build in builders.items()}
+    for iterator in iterators.values():
         next(iterator)
-    return batches * batch / (time.perf_counter() - start)
+    times = {name: [] for name in builders}
+    for _ in range(rounds):
+        for name, iterator in iterators.items():
+            start = time.perf_counter()
+            for _ in range(batches):
+                next(iterator)
+            times[name].append(time.perf_counter() - start)
+    return {name: batches * batch / float(np.median(values)) for name, values in times.items()}
 
 
 def trainer_and_iterator(name, image_size, batch):
     strategy = tf.distribute.get_strategy()
-    kind = train_lib.device_kind(strategy)
-    options = train_lib.RunOptions(
+    kind = strategies.device_kind(strategy)
+    options = RunOptions(
         run_dir=tempfile.mkdtemp(),
-        precision=train_lib.resolve_precision("auto", kind),
-        jit_compile=train_lib.resolve_jit_compile("auto", kind),
+        precision=strategies.resolve_precision("auto", kind),
+        jit_compile=strategies.resolve_jit_compile("auto", kind),
     )
-    trainer = train_lib.Trainer(
+    trainer = Trainer(
         strategy,
         lambda: models.get(name, num_classes=1000, input_shape=(image_size, image_size, 3)),
         configs.IMAGENET, steps_per_epoch=5004, options=options,
@@ -106,21 +132,26 @@ def main():
     args = parser.parse_args()
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, "
           f"GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+    speeds = step_speeds(args.image_size, args.batch, args.rounds)
+    print(f"\nBatch {args.batch} at {args.image_size}², medians of {args.rounds} "
+          "interleaved rounds:\n")
+    print("| measure | standard | PS | PS / standard |")
+    print("|---|---|---|---|")
+    print(f"| ResNet-50 train step, images/s | {speeds['resnet50']:.1f} | "
+          f"{speeds['ps_resnet50']:.1f} | {speeds['ps_resnet50'] / speeds['resnet50']:.2f}x |")
+    print(f"\nInput pipeline, {args.jpegs} generated JPEGs, medians of {args.rounds} "
+          "interleaved rounds:\n")
+    print("| input pipeline, images/s | skipping undecodable images | without the guard "
+          "| ratio |")
+    print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         write_jpegs(folder, args.jpegs)
-        print("| input pipeline | images/s |")
-        print("|---|---|")
         for training in (True, False):
-            speed = pipeline_speed(folder, training, args.image_size, args.batch, 3 * args.jpegs // args.batch)
-            print(f"| {'training' if training else 'evaluation'} ({args.image_size} px) | {speed:.0f} |",
+            pipelines = pipeline_speeds(folder, training, args.image_size, args.batch,
+                                        args.jpegs // args.batch, args.rounds)
+            print(f"| {'training' if training else 'evaluation'} | {pipelines['guarded']:.0f} | "
+                  f"{pipelines['plain']:.0f} | {pipelines['guarded'] / pipelines['plain']:.2f}x |",
                   flush=True)
-    speeds = step_speeds(args.image_size, args.batch, args.rounds)
-    print(f"\nTraining step, batch {args.batch} at {args.image_size} x {args.image_size}, "
-          f"medians of {args.rounds} interleaved rounds:")
-    print("| model | images/s | time vs resnet50 |")
-    print("|---|---|---|")
-    for name in MODELS:
-        print(f"| {name} | {speeds[name]:.1f} | {speeds['resnet50'] / speeds[name]:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -37,9 +37,22 @@ def convert(
         A new `keras.Model`.
 
     Raises:
-        ValueError: for a subclassed model, or a chosen layer that cannot
-            become a PSConv2D (its name and the reason in the message).
+        ValueError: for a layer, an unbuilt Sequential or a subclassed model,
+            a chosen layer that cannot become a PSConv2D, or when no layer
+            would be converted (the message says which and why).
     """
+    if isinstance(model, keras.layers.Layer) and not isinstance(model, keras.Model):
+        raise ValueError(
+            f"convert() takes a model; got the layer {model.name!r} "
+            f"({type(model).__name__}). Use PSConv2D in place of the layer, or "
+            "convert a model that contains it."
+        )
+    if isinstance(model, keras.Sequential) and not model.built:
+        raise ValueError(
+            f"Sequential model {model.name!r} is not built: give it an "
+            "`keras.Input(shape)` first, or call `model.build(input_shape)`, "
+            "then convert it."
+        )
     if not _is_graph_model(model):
         raise ValueError(
             f"convert() rewrites functional and Sequential models; "
@@ -47,6 +60,7 @@ def convert(
             "cannot see. Use PSConv2D in its code instead."
         )
     pattern = lattice.validate_pattern(pattern)
+    _check_some_chosen(model, predicate, pattern, cyclic)
     chosen = set()
 
     def clone(layer):
@@ -72,6 +86,34 @@ def convert(
 def _is_graph_model(model):
     # Functional models are `keras.Function`s: graphs of layer calls.
     return isinstance(model, (keras.Sequential, keras.Function))
+
+
+def _conv2d_layers(model):
+    """The `Conv2D` layers of `model` and of the models nested in it."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += _conv2d_layers(layer)
+        elif type(layer) is keras.layers.Conv2D:
+            found.append(layer)
+    return found
+
+
+def _check_some_chosen(model, predicate, pattern, cyclic):
+    """Raises unless at least one Conv2D layer would be converted."""
+    convs = _conv2d_layers(model)
+    if any(_chosen(layer, predicate, pattern, cyclic) for layer in convs):
+        return
+    if not convs:
+        reason = ("it has no Conv2D layers (depthwise and separable convolutions "
+                  "are not converted)")
+    elif predicate is not None:
+        reason = f"the predicate chose none of its {len(convs)} Conv2D layers"
+    else:
+        reason = (f"none of its {len(convs)} Conv2D layers is a 3x3 'same' "
+                  f"undilated convolution whose channels fit groups x {len(pattern)} "
+                  "(pass a predicate to choose layers)")
+    raise ValueError(f"convert() would convert no layer of model {model.name!r}: {reason}.")
 
 
 def _inputs_like(model):

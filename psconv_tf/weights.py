@@ -29,6 +29,8 @@ KERAS_TO_TORCH_CONV = (3, 2, 0, 1)
 # Prefixes of DataParallel (`module.`) and of detector checkpoints.
 DATA_PARALLEL_PREFIX = "module."
 BACKBONE_PREFIX = "backbone."
+# Torch float dtypes NumPy has; others (bfloat16, float8) are read as float32.
+_NUMPY_FLOATS = ("torch.float16", "torch.float32", "torch.float64")
 _LISTED_KEYS = 12
 
 
@@ -155,7 +157,7 @@ def _read_state_dict(source):
             raise ImportError(
                 "Reading a .pth file needs torch: pip install 'psconv-tf[torch]'."
             ) from error
-        source = torch.load(source, map_location="cpu", weights_only=True)
+        source = _load_pth(torch, os.fspath(source))
     if not isinstance(source, collections.abc.Mapping):
         raise ValueError(
             "Argument `path_or_state_dict` must be a path or a mapping of keys "
@@ -167,7 +169,10 @@ def _read_state_dict(source):
     for key, value in source.items():
         key = key.removeprefix(DATA_PARALLEL_PREFIX)
         if hasattr(value, "detach"):
-            value = value.detach().cpu().numpy()
+            value = value.detach().cpu()
+            if value.is_floating_point() and str(value.dtype) not in _NUMPY_FLOATS:
+                value = value.float()  # bfloat16 (and float8) have no NumPy dtype
+            value = value.numpy()
         arrays[key] = np.asarray(value)
     if any(key.startswith(BACKBONE_PREFIX) for key in arrays):
         arrays = {
@@ -176,6 +181,30 @@ def _read_state_dict(source):
             if key.startswith(BACKBONE_PREFIX)
         }
     return arrays
+
+
+def _load_pth(torch, path):
+    """`torch.load(path, weights_only=True)`; a bad file is a ValueError naming it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No checkpoint file at {path!r}.")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"Checkpoint {path!r} is empty (0 bytes): an interrupted copy?")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, RuntimeError, ValueError, OSError) as error:
+        first_line = str(error).strip().partition("\n")[0] or "truncated"
+        raise ValueError(
+            f"Checkpoint {path!r} cannot be read as a PyTorch checkpoint "
+            f"({type(error).__name__}: {first_line})."
+        ) from None
+    except Exception as error:
+        if type(error).__name__ != "UnpicklingError":
+            raise
+        first_line = str(error).strip().partition("\n")[0]
+        raise ValueError(
+            f"Checkpoint {path!r} holds more than tensors and plain containers, "
+            f"which weights_only loading refuses ({first_line})."
+        ) from None
 
 
 def _assign_keys_to_layers(layers, state_dict):

@@ -1,12 +1,18 @@
-import os
-import sys
-
 import keras
+import pytest
 
-# Lets tests import their float64 references as plain modules.
-sys.path.insert(0, os.path.dirname(__file__))
+TENSORFLOW = keras.backend.backend() == "tensorflow"
 
-if keras.backend.backend() == "tensorflow":
+
+def pytest_collection_modifyitems(config, items):
+    """Skips the tests marked `tensorflow` under other Keras backends."""
+    skip = pytest.mark.skip(reason="TensorFlow backend only")
+    for item in items:
+        if not TENSORFLOW and item.get_closest_marker("tensorflow"):
+            item.add_marker(skip)
+
+
+if TENSORFLOW:
     import tensorflow as tf
 
     # Two logical CPUs, so tf.distribute strategies have replicas to mirror.

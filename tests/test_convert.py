@@ -124,3 +124,27 @@ def test_chosen_layers_that_cannot_convert_are_named(layer, message):
     model = keras.Model(inputs, layer(inputs))
     with pytest.raises(ValueError, match=message):
         convert(model, predicate=lambda l: True)
+
+
+def _mobilenet_like():
+    """Depthwise 3x3 and pointwise convs only, as MobileNetV2's blocks."""
+    inputs = keras.Input((16, 16, 8))
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(inputs)
+    return keras.Model(inputs, keras.layers.Conv2D(16, 1)(x), name="mobile")
+
+
+@pytest.mark.parametrize("make_model, predicate, message", [
+    (lambda: keras.layers.Conv2D(8, 3, padding="same", name="conv"), None,
+     "takes a model; got the layer 'conv' \\(Conv2D\\)"),
+    (lambda: keras.Sequential([keras.layers.Conv2D(8, 3, padding="same")], name="seq"), None,
+     "Sequential model 'seq' is not built"),
+    (_mobilenet_like, None,
+     "would convert no layer of model 'mobile': none of its 1 Conv2D layers"),
+    (lambda: keras.Sequential([keras.Input((8, 8, 4)), keras.layers.DepthwiseConv2D(3)],
+                              name="depthwise"), None,
+     "would convert no layer of model 'depthwise': it has no Conv2D layers"),
+    (_mobilenet_like, lambda layer: layer.name == "none", "the predicate chose none"),
+], ids=["layer", "unbuilt-sequential", "no-fitting-conv", "no-conv", "predicate-none"])
+def test_what_cannot_be_converted_is_explained(make_model, predicate, message):
+    with pytest.raises(ValueError, match=message):
+        convert(make_model(), predicate=predicate)

@@ -5,7 +5,6 @@ images, preprocessed independently in NumPy. Relative error of outputs `a`
 against the Keras outputs `b`: max |a - b| / max |b|, over the whole batch.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,10 @@ from export_data import run_tflite
 from export_data import tiny_ps_resnet
 from psconv_tf import export
 from psconv_tf import models
+from psconv_tf.training import configs
+from psconv_tf.training import run_config
+from psconv_tf.training.run_config import Preprocessing
+from psconv_tf.training.run_config import RunConfig
 
 RELOAD_SCRIPT = os.path.join(os.path.dirname(__file__), "export_reload.py")
 
@@ -145,9 +148,10 @@ def test_run_directory_exports_best_model(tmp_path):
     model = tiny_ps_resnet(input_shape=(None, None, 1))
     model.save(tmp_path / "best.keras")
     mean, std = 70.0, 90.0  # pixel units, as config.json holds them
-    config = {"model": "ps_cifar_resnet20", "model_kwargs": {}, "num_classes": 10,
-              "image_size": 28, "preprocessing": {"mean": [mean], "std": [std]}}
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    config = RunConfig(model="ps_cifar_resnet20", num_classes=10, image_size=28, channels=1,
+                       recipe=configs.QUICK, dataset="fashion_mnist",
+                       preprocessing=Preprocessing(mean=[mean], std=[std]))
+    run_config.write_config(str(tmp_path), config)
     paths = export.export(
         str(tmp_path), str(tmp_path / "out"), formats=["saved_model"],
         input_dtype="uint8", normalization="auto",

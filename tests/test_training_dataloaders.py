@@ -7,24 +7,24 @@ and last rows and columns, and every other pixel is predicted from them.
 """
 
 import os
+import pickle
 
-import keras
 import numpy as np
 import pytest
 
 import training_helpers
 
+pytestmark = pytest.mark.tensorflow
 tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="TensorFlow backend only"
-)
 
-import dataloaders  # noqa: E402  (training/, put on sys.path by training_helpers)
-from configs import InputError  # noqa: E402
+from psconv_tf.training import image_data  # noqa: E402  (needs TensorFlow)
+from psconv_tf.training import preprocessing  # noqa: E402
+from psconv_tf.training import small_data  # noqa: E402
+from psconv_tf.training.errors import InputError  # noqa: E402
 
-MEAN = np.array(dataloaders.IMAGENET_MEAN_RGB)
-STDDEV = np.array(dataloaders.IMAGENET_STDDEV_RGB)
+MEAN = np.array(preprocessing.IMAGENET_MEAN_RGB)
+STDDEV = np.array(preprocessing.IMAGENET_STDDEV_RGB)
 
 
 def _ramp(height, width, row_scale=1.0, column_scale=1.0):
@@ -44,7 +44,7 @@ def _pixels(normalized):
 def test_eval_resizes_shorter_side_to_256_and_crops_the_centre():
     height, width = 300, 400
     image = _ramp(height, width, row_scale=0.8, column_scale=0.6)
-    output = _pixels(dataloaders.preprocess_for_eval(_png(image), 224))
+    output = _pixels(preprocessing.preprocess_for_eval(_png(image), 224))
     assert output.shape == (224, 224, 3)
     # torchvision's Resize(256): 300 x 400 -> 256 x int(400 * 256 / 300) = 256 x 341,
     # then the central 224 x 224 starts at row 16, column (341 - 224) // 2 = 58.
@@ -79,7 +79,7 @@ def test_train_crops_resizes_and_flips_at_random():
     image_bytes = _png(_ramp(height, width))
     areas, flips = [], []
     for _ in range(40):
-        output = _pixels(dataloaders.preprocess_for_train(image_bytes, size))
+        output = _pixels(preprocessing.preprocess_for_train(image_bytes, size))
         top, crop_height, left, crop_width, flipped = _crop_from_ramp(output, size)
         window = np.array([top, crop_height, left, crop_width])
         np.testing.assert_allclose(window, window.round(), atol=0.02)  # whole pixels
@@ -105,7 +105,7 @@ def test_jpeg_crops_decode_the_window_of_the_image():
     height, width = 160, 200
     jpeg = tf.io.encode_jpeg(_ramp(height, width), quality=100).numpy()
     for _ in range(10):
-        crop = dataloaders.decode_and_random_crop(jpeg).numpy().astype(np.float64)
+        crop = preprocessing.decode_and_random_crop(jpeg).numpy().astype(np.float64)
         crop_height, crop_width = crop.shape[:2]
         rows, columns = np.mgrid[0:crop_height, 0:crop_width]
         top = np.median(crop[..., 0] - rows)
@@ -117,15 +117,17 @@ def test_jpeg_crops_decode_the_window_of_the_image():
         assert 0.08 - 0.01 <= crop_height * crop_width / (height * width) <= 1
 
 
+# The files of a class folder, in order: JPEGs and PNGs, upper- and lower-case.
+CLASS_FILES = (("0.JPEG", tf.io.encode_jpeg), ("1.png", tf.io.encode_png),
+               ("2.JPEG", tf.io.encode_jpeg))
+
+
 def _write_class_tree(folder, colors, images_per_class=3):
     for name, color in colors.items():
         os.makedirs(os.path.join(folder, name))
-        for index in range(images_per_class):
-            image = np.broadcast_to(np.array(color, np.uint8), (40, 50, 3))
-            encode = tf.io.encode_png if index % 2 else tf.io.encode_jpeg
-            extension = ".png" if index % 2 else ".JPEG"
-            path = os.path.join(folder, name, f"{index}{extension}")
-            tf.io.write_file(path, encode(image))
+        image = np.broadcast_to(np.array(color, np.uint8), (40, 50, 3))
+        for file_name, encode in CLASS_FILES[:images_per_class]:
+            tf.io.write_file(os.path.join(folder, name, file_name), encode(image))
     with open(os.path.join(folder, next(iter(colors)), "notes.txt"), "w") as file:
         file.write("not an image, skipped by its extension")
 
@@ -141,56 +143,79 @@ def test_class_folders_map_sorted_names_to_labels(tmp_path):
     colors = {"zebra": (200, 0, 0), "ant": (0, 200, 0), "mole": (0, 0, 200)}
     _write_class_tree(str(tmp_path / "train"), colors)
     _write_class_tree(str(tmp_path / "val"), {"zebra": colors["zebra"], "ant": colors["ant"]}, 2)
-    train = dataloaders.image_folder_source(str(tmp_path / "train"))
-    val = dataloaders.image_folder_source(str(tmp_path / "val"), train.class_names)
+    train = image_data.image_folder_source(str(tmp_path / "train"))
+    val = image_data.image_folder_source(str(tmp_path / "val"), train.class_names)
     assert train.class_names == ("ant", "mole", "zebra")
     assert (train.num_examples, train.num_classes, val.num_examples) == (9, 3, 4)
     label_of_channel = {1: 0, 2: 1, 0: 2}  # green ant, blue mole, red zebra
     for source, count in ((train, 9), (val, 4)):
-        images, labels = _all_batches(dataloaders.imagenet_input(source, False, 32, 4))
+        images, labels = _all_batches(image_data.imagenet_input(source, False, 32, 4))
         assert len(labels) == count
         channels = _pixels(images).mean(axis=(1, 2)).argmax(axis=1)
         np.testing.assert_array_equal(labels, [label_of_channel[c] for c in channels])
-    assert sorted(set(_all_batches(dataloaders.imagenet_input(val, False, 32, 4))[1])) == [0, 2]
+    assert sorted(set(_all_batches(image_data.imagenet_input(val, False, 32, 4))[1])) == [0, 2]
 
 
 def test_class_folders_bad_input(tmp_path):
     with pytest.raises(InputError, match="no folder"):
-        dataloaders.image_folder_source(str(tmp_path / "missing"))
+        image_data.image_folder_source(str(tmp_path / "missing"))
     _write_class_tree(str(tmp_path / "train"), {"ant": (0, 9, 0)})
     _write_class_tree(str(tmp_path / "val"), {"bee": (9, 0, 0)})
-    train = dataloaders.image_folder_source(str(tmp_path / "train"))
+    train = image_data.image_folder_source(str(tmp_path / "train"))
     with pytest.raises(InputError, match="missing from the training split: bee"):
-        dataloaders.image_folder_source(str(tmp_path / "val"), train.class_names)
+        image_data.image_folder_source(str(tmp_path / "val"), train.class_names)
     os.makedirs(tmp_path / "empty" / "cat")
     with pytest.raises(InputError, match="has no images"):
-        dataloaders.image_folder_source(str(tmp_path / "empty"))
+        image_data.image_folder_source(str(tmp_path / "empty"))
 
 
-def test_corrupt_image_file_is_named(tmp_path):
-    _write_class_tree(str(tmp_path / "train"), {"ant": (0, 9, 0)}, 1)
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("content", [b"this is not an image", "truncated"],
+                         ids=["not-an-image", "truncated-jpeg"])
+def test_undecodable_image_is_skipped_and_named(tmp_path, training, content):
+    _write_class_tree(str(tmp_path / "train"), {"ant": (0, 9, 0)}, 3)
+    if content == "truncated":
+        whole = (tmp_path / "train" / "ant" / "0.JPEG").read_bytes()
+        content = whole[: len(whole) // 2]
     corrupt = tmp_path / "train" / "ant" / "broken.jpg"
-    corrupt.write_bytes(b"this is not an image")
-    source = dataloaders.image_folder_source(str(tmp_path / "train"))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="Corrupt image file.*broken.jpg"):
-        _all_batches(dataloaders.imagenet_input(source, False, 32, 2))
+    corrupt.write_bytes(content)
+    source = image_data.image_folder_source(str(tmp_path / "train"))
+    pipeline = image_data.imagenet_input(source, training, 32, 3 if training else 2)
+    dataset = pipeline(tf.distribute.InputContext())
+    labels = [batch_labels for _, batch_labels in dataset.take(2 if training else 9)]
+    assert sum(len(batch) for batch in labels) == (6 if training else 3)
+    assert pipeline.skipped.new_names() == [str(corrupt)]
+    assert pipeline.skipped.summary()["count"] == 1
+
+
+def test_scan_lists_undecodable_images(tmp_path):
+    _write_class_tree(str(tmp_path / "train"), {"ant": (0, 9, 0), "bee": (9, 0, 0)}, 2)
+    bad = [tmp_path / "train" / "ant" / "empty.png", tmp_path / "train" / "bee" / "text.jpg"]
+    bad[0].write_bytes(b"")
+    bad[1].write_bytes(b"GIF89a but not really")
+    source = image_data.image_folder_source(str(tmp_path / "train"))
+    found = image_data.scan_images(source)
+    assert sorted(found) == sorted(map(str, bad))
+    kept = source.without(found)
+    images, labels = _all_batches(image_data.imagenet_input(kept, False, 32, 8))
+    assert len(labels) == 4
 
 
 def test_tfds_source_on_mock_imagenet():
     size = 32
     with tfds.testing.mock_data(num_examples=6):
-        source = dataloaders.tfds_source("imagenet2012", "validation")
-        images, labels = _all_batches(dataloaders.imagenet_input(source, False, size, 4))
+        source = image_data.tfds_source("imagenet2012", "validation")
+        images, labels = _all_batches(image_data.imagenet_input(source, False, size, 4))
         encoded = tfds.load("imagenet2012", split="validation",
                             decoders={"image": tfds.decode.SkipDecoding()})
         decoded = [(tf.io.decode_jpeg(example["image"], channels=3), example["label"])
                    for example in encoded]
         train_images, train_labels = next(iter(
-            dataloaders.imagenet_input(source, True, size, 4)(tf.distribute.InputContext())
+            image_data.imagenet_input(source, True, size, 4)(tf.distribute.InputContext())
         ))
     assert source.num_classes == 1000
     np.testing.assert_array_equal(labels, [int(label) for _, label in decoded])
-    resized_short_side = round(size / dataloaders.CROP_FRACTION)
+    resized_short_side = round(size / preprocessing.CROP_FRACTION)
     for output, (image, _) in zip(images, decoded):
         height, width = image.shape[:2]
         resized = (np.array([height, width]) * resized_short_side) // min(height, width)
@@ -205,7 +230,7 @@ def test_tfds_source_on_mock_imagenet():
 
 def test_tfds_unknown_dataset():
     with pytest.raises(InputError, match="TFDS has no data set named 'no_such_set'"):
-        dataloaders.tfds_source("no_such_set", "train")
+        image_data.tfds_source("no_such_set", "train")
 
 
 def test_small_images_pad_crop_flip_and_standardize():
@@ -217,7 +242,7 @@ def test_small_images_pad_crop_flip_and_standardize():
     ).astype(np.uint8)
     labels = np.arange(count)
     mean, stddev = (1.0, 2.0, 3.0), (2.0, 4.0, 5.0)
-    train_fn = dataloaders.small_image_input(images, labels, mean, stddev, True, count)
+    train_fn = small_data.small_image_input(images, labels, mean, stddev, True, count)
     shifts, flips = set(), set()
     for batch, batch_labels in train_fn(tf.distribute.InputContext()).take(4):
         for output, label in zip(batch.numpy(), batch_labels.numpy()):
@@ -234,7 +259,7 @@ def test_small_images_pad_crop_flip_and_standardize():
             flips.add(matches[0][2])
     assert len(shifts) > 3 and flips == {False, True}
     eval_images, eval_labels = _all_batches(
-        dataloaders.small_image_input(images, labels, mean, stddev, False, 4)
+        small_data.small_image_input(images, labels, mean, stddev, False, 4)
     )
     np.testing.assert_array_equal(eval_labels, labels)
     np.testing.assert_allclose(eval_images, (images - np.array(mean)) / np.array(stddev), rtol=1e-6)
@@ -242,27 +267,60 @@ def test_small_images_pad_crop_flip_and_standardize():
 
 def test_local_cifar_and_fashion_mnist_files(tmp_path):
     train, test = training_helpers.write_cifar10(str(tmp_path / "cifar-10-batches-py"), 50, 10)
-    splits = dataloaders.load_small_dataset("cifar10", str(tmp_path), download=False)
+    splits = small_data.load_small_dataset("cifar10", str(tmp_path), download=False)
     np.testing.assert_array_equal(splits["train"][0], train[0])
     np.testing.assert_array_equal(splits["train"][1], train[1])
     np.testing.assert_array_equal(splits["test"][0], test[0])
     (images, labels), _ = training_helpers.write_fashion_mnist(str(tmp_path / "fm"), 20, 5)
-    splits = dataloaders.load_small_dataset("fashion_mnist", str(tmp_path / "fm"), download=False)
+    splits = small_data.load_small_dataset("fashion_mnist", str(tmp_path / "fm"), download=False)
     np.testing.assert_array_equal(splits["train"][0], images[..., None])
     np.testing.assert_array_equal(splits["train"][1], labels)
-    mean, stddev = dataloaders.channel_stats(splits["train"][0])
+    mean, stddev = small_data.channel_stats(splits["train"][0])
     np.testing.assert_allclose(mean, [images.mean()])
     np.testing.assert_allclose(stddev, [images.std()])
 
 
 def test_small_dataset_bad_input(tmp_path):
-    with pytest.raises(InputError, match="--data-dir: no folder"):
-        dataloaders.load_small_dataset("cifar10", str(tmp_path / "missing"))
+    with pytest.raises(InputError, match="no folder"):
+        small_data.load_small_dataset("cifar10", str(tmp_path / "missing"))
     with pytest.raises(InputError, match="unknown data set 'svhn'"):
-        dataloaders.load_small_dataset("svhn", str(tmp_path))
+        small_data.load_small_dataset("svhn", str(tmp_path))
     with pytest.raises(InputError, match="apt-get install dataset-fashion-mnist"):
-        dataloaders.load_small_dataset("fashion_mnist", str(tmp_path), download=False)
+        small_data.load_small_dataset("fashion_mnist", str(tmp_path), download=False)
     training_helpers.write_fashion_mnist(str(tmp_path), 8, 4)
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(InputError, match="train-images-idx3-ubyte.gz is not a readable gzip"):
-        dataloaders.load_small_dataset("fashion_mnist", str(tmp_path), download=False)
+        small_data.load_small_dataset("fashion_mnist", str(tmp_path), download=False)
+
+
+class _Planted:
+    """Unpickles into a call of os.system: what a planted CIFAR batch does."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_planted_cifar_batch_runs_nothing(tmp_path):
+    training_helpers.write_cifar10(str(tmp_path / "data"), 50, 10)
+    marker = tmp_path / "marker"
+    planted = pickle.dumps({b"data": _Planted(f"touch {marker}"), b"labels": [0]})
+    # By construction: plain pickle runs the command of this file.
+    pickle.loads(planted)
+    assert marker.exists()
+    marker.unlink()
+    (tmp_path / "data" / "data_batch_1").write_bytes(planted)
+    with pytest.raises(InputError, match="data_batch_1 is not a CIFAR python batch.*system"):
+        small_data.load_small_dataset("cifar10", str(tmp_path / "data"), download=False)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x04garbage", pickle.dumps([1, 2, 3])],
+                         ids=["empty", "garbage", "not-a-dict"])
+def test_malformed_cifar_batch_is_named(tmp_path, content):
+    training_helpers.write_cifar10(str(tmp_path), 50, 10)
+    (tmp_path / "test_batch").write_bytes(content)
+    with pytest.raises(InputError, match="test_batch is not a CIFAR python batch"):
+        small_data.load_small_dataset("cifar10", str(tmp_path), download=False)

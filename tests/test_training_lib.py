@@ -1,4 +1,4 @@
-"""train_lib: the recipes' optimizer and schedules, strategies, precision, XLA."""
+"""The training library: optimizer, schedules, strategies, precision, XLA, the loop."""
 
 import dataclasses
 import math
@@ -7,40 +7,44 @@ import keras
 import numpy as np
 import pytest
 
-import training_helpers  # noqa: F401  (puts training/ on sys.path)
+from psconv_tf import PSConv2D
+import training_helpers
 
+pytestmark = pytest.mark.tensorflow
 tf = pytest.importorskip("tensorflow")
 torch = pytest.importorskip("torch")
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="TensorFlow backend only"
-)
 
-import configs  # noqa: E402  (training/, put on sys.path by training_helpers)
-import train_lib  # noqa: E402
-from configs import InputError  # noqa: E402
-from psconv_tf import PSConv2D  # noqa: E402
+from psconv_tf.training import configs  # noqa: E402  (needs TensorFlow)
+from psconv_tf.training import optimizer as optimizers  # noqa: E402
+from psconv_tf.training import schedules  # noqa: E402
+from psconv_tf.training import strategy as strategies  # noqa: E402
+from psconv_tf.training import trainer as trainer_lib  # noqa: E402
+from psconv_tf.training.errors import InputError  # noqa: E402
 
 
-def test_coupled_weight_decay_matches_torch_sgd():
+@pytest.mark.parametrize("nesterov", [False, True], ids=["momentum", "nesterov"])
+def test_coupled_weight_decay_matches_torch_sgd(nesterov):
     rng = np.random.default_rng(0)
     initial = rng.normal(size=(3, 4))
     gradients = [rng.normal(size=(3, 4)) for _ in range(3)]
     learning_rate, momentum, decay = 0.1, 0.9, 0.05
 
-    optimizer = train_lib.CoupledWeightDecaySGD(
-        learning_rate, momentum=momentum, coupled_weight_decay=decay
+    optimizer = optimizers.CoupledWeightDecaySGD(
+        learning_rate, momentum=momentum, coupled_weight_decay=decay, nesterov=nesterov
     )
     variable = keras.Variable(initial.astype("float32"))
     optimizer.apply([tf.constant(gradients[0], tf.float32)], [variable])
-    # One step by hand: w - lr * (g + wd * w), the momentum buffer starting at 0.
-    expected = initial - learning_rate * (gradients[0] + decay * initial)
+    # One step by hand: w - lr * (g + wd * w), the momentum buffer starting at
+    # 0; Nesterov's step looks ahead by momentum * (g + wd * w) more.
+    expected = initial - learning_rate * (1 + momentum * nesterov) * (
+        gradients[0] + decay * initial)
     np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6)
 
     for gradient in gradients[1:]:
         optimizer.apply([tf.constant(gradient, tf.float32)], [variable])
     weight = torch.tensor(initial, requires_grad=True)
     reference = torch.optim.SGD([weight], lr=learning_rate, momentum=momentum,
-                                weight_decay=decay)
+                                weight_decay=decay, nesterov=nesterov)
     for gradient in gradients:
         weight.grad = torch.tensor(gradient)
         reference.step()
@@ -49,7 +53,7 @@ def test_coupled_weight_decay_matches_torch_sgd():
 
 def test_coupled_weight_decay_rejects_negative_values():
     with pytest.raises(ValueError, match="coupled_weight_decay"):
-        train_lib.CoupledWeightDecaySGD(0.1, coupled_weight_decay=-1.0)
+        optimizers.CoupledWeightDecaySGD(0.1, coupled_weight_decay=-1.0)
 
 
 def _schedule_values(schedule, steps):
@@ -61,7 +65,7 @@ def test_cosine_schedule_is_a_half_cosine_after_warmup(warmup_epochs):
     steps_per_epoch, epochs = 7, 5
     recipe = dataclasses.replace(configs.IMAGENET, epochs=epochs, batch_size=512,
                                  warmup_epochs=warmup_epochs)
-    schedule = train_lib.learning_rate_schedule(recipe, steps_per_epoch)
+    schedule = schedules.learning_rate_schedule(recipe, steps_per_epoch)
     peak = 0.1 * 512 / 256  # linear scaling from batch 256
     total, warmup = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
     steps = np.arange(total + 1)
@@ -75,49 +79,68 @@ def test_cosine_schedule_is_a_half_cosine_after_warmup(warmup_epochs):
 
 def test_step_schedule_drops_on_the_first_step_of_each_decay_epoch():
     steps_per_epoch = 10
-    schedule = train_lib.learning_rate_schedule(configs.CIFAR, steps_per_epoch)
+    schedule = schedules.learning_rate_schedule(configs.CIFAR, steps_per_epoch)
     steps = [0, 1499, 1500, 2249, 2250, 2999]
     np.testing.assert_allclose(
         _schedule_values(schedule, steps), [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6
     )
 
 
-def test_recipe_validation_names_the_field():
-    with pytest.raises(ValueError, match="`epochs` must be a positive integer"):
-        dataclasses.replace(configs.IMAGENET, epochs=0)
-    with pytest.raises(ValueError, match="`decay_epochs` must be increasing"):
-        dataclasses.replace(configs.CIFAR, decay_epochs=(225, 150))
-    with pytest.raises(ValueError, match="`warmup_epochs` applies to the cosine"):
-        dataclasses.replace(configs.CIFAR, warmup_epochs=1)
+@pytest.mark.parametrize("base, changes, message", [
+    (configs.IMAGENET, {"epochs": 0}, "`epochs` must be a positive integer"),
+    (configs.CIFAR, {"decay_epochs": (225, 150)}, "`decay_epochs` must be increasing"),
+    (configs.CIFAR, {"warmup_epochs": 1}, "`warmup_epochs` applies to the cosine"),
+    (configs.IMAGENET, {"learning_rate": float("nan")}, "`learning_rate` must be a finite"),
+    (configs.IMAGENET, {"learning_rate": float("inf")}, "`learning_rate` must be a finite"),
+    (configs.IMAGENET, {"weight_decay": float("nan")}, "`weight_decay` must be a finite"),
+    (configs.IMAGENET, {"momentum": float("nan")}, "`momentum` must be a finite"),
+    (configs.CIFAR, {"decay_factor": 0.0}, "`decay_factor` must be in"),
+], ids=["epochs", "decay-order", "warmup-step", "lr-nan", "lr-inf", "wd-nan", "momentum-nan",
+        "decay-factor"])
+def test_recipe_validation_names_the_field(base, changes, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(base, **changes)
 
 
-def test_strategy_errors_are_clear(monkeypatch):
-    with pytest.raises(InputError, match="--strategy tpu: no TPU answered at --tpu 'no-such-tpu'"):
-        train_lib.create_strategy("tpu", tpu="no-such-tpu")
-    with pytest.raises(InputError, match="--strategy tpu: no TPU answered"):
-        train_lib.create_strategy("tpu")
+@pytest.mark.parametrize("name, tpu, message", [
+    ("tpu", "no-such-tpu", "no TPU answered at 'no-such-tpu'"),
+    ("tpu", None, "no TPU answered"),
+    ("multiworker", None, "needs TF_CONFIG"),
+    ("mirrored", None, "must be one of"),
+])
+def test_strategy_errors_name_the_argument(monkeypatch, name, tpu, message):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(InputError, match="needs TF_CONFIG"):
-        train_lib.create_strategy("multiworker")
-    if not tf.config.list_physical_devices("GPU"):
-        with pytest.raises(InputError, match="sees no GPU"):
-            train_lib.create_strategy("gpu")
-    with pytest.raises(InputError, match="--strategy must be one of"):
-        train_lib.create_strategy("mirrored")
-    assert isinstance(train_lib.create_strategy("cpu"), tf.distribute.OneDeviceStrategy)
+    with pytest.raises(InputError, match=message) as error:
+        strategies.create_strategy(name, tpu=tpu)
+    assert error.value.argument == ("tpu" if name == "tpu" else "strategy")
 
 
-def test_precision_and_xla_defaults_by_device():
-    expected_precision = {"tpu": "mixed_bfloat16", "gpu": "mixed_float16", "cpu": "float32"}
-    for kind, policy in expected_precision.items():
-        assert train_lib.resolve_precision("auto", kind) == policy
-        assert train_lib.resolve_precision("fp32", kind) == "float32"
-        assert train_lib.resolve_jit_compile("auto", kind) == (kind != "cpu")
-        assert train_lib.resolve_jit_compile("on", kind) is True
-    assert train_lib.device_kind(tf.distribute.get_strategy()) in ("cpu", "gpu")
-    with pytest.raises(InputError, match="--precision must be one of"):
-        train_lib.resolve_precision("fp16", "gpu")
-    assert train_lib.resolve_precision("mixed_float16", "cpu") == "mixed_float16"
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="has a GPU")
+def test_gpu_strategy_without_a_gpu_is_an_error():
+    with pytest.raises(InputError, match="sees no GPU"):
+        strategies.create_strategy("gpu")
+
+
+def test_cpu_strategy():
+    assert isinstance(strategies.create_strategy("cpu"), tf.distribute.OneDeviceStrategy)
+
+
+@pytest.mark.parametrize("kind, policy", [
+    ("tpu", "mixed_bfloat16"), ("gpu", "mixed_float16"), ("cpu", "float32"),
+])
+def test_precision_and_xla_defaults_by_device(kind, policy):
+    assert strategies.resolve_precision("auto", kind) == policy
+    assert strategies.resolve_precision("fp32", kind) == "float32"
+    assert strategies.resolve_precision("mixed_float16", kind) == "mixed_float16"
+    assert strategies.resolve_jit_compile("auto", kind) == (kind != "cpu")
+    assert strategies.resolve_jit_compile("on", kind) is True
+
+
+def test_unknown_precision_names_the_argument():
+    with pytest.raises(InputError, match="must be one of") as error:
+        strategies.resolve_precision("fp16", "gpu")
+    assert error.value.argument == "precision"
+    assert strategies.device_kind(tf.distribute.get_strategy()) in ("cpu", "gpu")
 
 
 # A few steps of the real loop on a small model without BatchNorm, whose
@@ -151,12 +174,13 @@ def _train(strategy, run_dir, pattern=(1, 2, 1, 4), **options):
     keras.utils.set_random_seed(1)
     recipe = dataclasses.replace(configs.IMAGENET, epochs=1, batch_size=BATCH,
                                  reference_batch_size=BATCH, weight_decay=1e-2)
-    trainer = train_lib.Trainer(
+    trainer = trainer_lib.Trainer(
         strategy, lambda: _tiny_model(pattern), recipe, STEPS,
-        train_lib.RunOptions(str(run_dir), verbose=0, **options),
+        trainer_lib.RunOptions(str(run_dir), verbose=0, **options),
     )
     initial = trainer.model.get_weights()
-    metrics = trainer.fit(_dataset_fn(True), _dataset_fn(False), {"model": "tiny"})
+    metrics = trainer.fit(_dataset_fn(True), _dataset_fn(False),
+                          training_helpers.tiny_run_config(recipe))
     assert metrics["steps_done"] == STEPS
     assert int(trainer.optimizer.iterations.numpy()) == STEPS
     assert not np.allclose(initial[0], trainer.model.get_weights()[0])
@@ -208,6 +232,6 @@ def test_mixed_precision_trains_close_to_float32(tmp_path, policy, compute_dtype
 def test_batch_must_split_evenly_between_replicas(tmp_path):
     devices = [device.name for device in tf.config.list_logical_devices("CPU")]
     recipe = dataclasses.replace(configs.IMAGENET, batch_size=15)
-    with pytest.raises(InputError, match="--batch-size 15 must be divisible by the 2 replicas"):
-        train_lib.Trainer(tf.distribute.MirroredStrategy(devices), _tiny_model, recipe, 3,
-                          train_lib.RunOptions(str(tmp_path)))
+    with pytest.raises(InputError, match="15 must be divisible by the 2 replicas"):
+        trainer_lib.Trainer(tf.distribute.MirroredStrategy(devices), _tiny_model, recipe, 3,
+                          trainer_lib.RunOptions(str(tmp_path)))

@@ -9,23 +9,23 @@ import time
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import training_helpers
+from psconv_tf import models
 from training_helpers import read_json
 from training_helpers import read_log
 
+pytestmark = pytest.mark.tensorflow
 tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="TensorFlow backend only"
-)
 
-import cifar  # noqa: E402  (training/, put on sys.path by training_helpers)
-import imagenet  # noqa: E402
-import quick_run  # noqa: E402
-import train_lib  # noqa: E402
-from psconv_tf import models  # noqa: E402
+from psconv_tf.training import cli  # noqa: E402  (needs TensorFlow)
+from psconv_tf.training import configs  # noqa: E402
+from psconv_tf.training.run_config import RunConfig  # noqa: E402
+
+cifar = training_helpers.load_script("cifar")
+imagenet = training_helpers.load_script("imagenet")
+quick_run = training_helpers.load_script("quick_run")
 
 # Tiny CIFAR-10 runs: 160 images, batches of 16, 10 steps per epoch.
 CIFAR_STEPS_PER_EPOCH = 10
@@ -40,7 +40,7 @@ def _cifar_args(data_dir, run_dir, *extra):
 
 def _error_message(main, argv):
     with pytest.raises(SystemExit) as exit_info:
-        train_lib.run_main(main, argv)
+        cli.run_main(main, argv)
     return str(exit_info.value.code)
 
 
@@ -177,7 +177,8 @@ def test_imagenet_on_class_folders_writes_a_complete_run_dir(tmp_path):
     assert config["recipe"]["weight_decay"] == 1e-4 and config["recipe"]["warmup_epochs"] == 0.5
     # config.json rebuilds the model that best.keras holds.
     best = keras.models.load_model(run_dir / "best.keras", compile=False)
-    rebuilt = models.get(config["model"], **config["model_kwargs"])
+    rebuilt = models.get(config["model"],
+                         **RunConfig.from_dict(config).model_arguments())
     rebuilt.set_weights(best.get_weights())
     images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(rebuilt.predict(images, verbose=0),
@@ -195,7 +196,8 @@ def test_imagenet_on_class_folders_writes_a_complete_run_dir(tmp_path):
     assert logged[("loss", last["steps_done"])] == pytest.approx(last["loss"])
     message = _error_message(imagenet.main, _imagenet_args(
         tmp_path / "data", run_dir, "--model", "cifar_resnet56"))
-    assert "holds the backup of another model" in message
+    assert message.startswith(f"error: --run-dir: {run_dir} holds a run with other settings")
+    assert "model: 'cifar_resnet20' -> 'cifar_resnet56'" in message
 
 
 def test_imagenet_on_mock_tfds(tmp_path):
@@ -207,33 +209,83 @@ def test_imagenet_on_mock_tfds(tmp_path):
     assert 0 <= metrics["final"]["top1"] <= 1
 
 
-def test_bad_input_gets_a_clear_message(tmp_path, capsys):
+def _cifar_data(tmp_path):
     training_helpers.write_cifar10(str(tmp_path / "cifar"), 32, 8)
-    message = _error_message(cifar.main, _cifar_args(tmp_path / "cifar", tmp_path / "run",
-                                                     "--model", "resnet9000"))
-    assert message.startswith("error: --model: unknown model 'resnet9000'; choose from")
-    assert "ps_resnet50" in message
+    return tmp_path / "cifar"
 
+
+def _image_data(tmp_path):
+    _write_image_tree(str(tmp_path / "images"), "train", ("cat",), 2)
+    _write_image_tree(str(tmp_path / "images"), "val", ("cat",), 1)
+    return tmp_path / "images"
+
+
+def _broken_run_folder(tmp_path):
+    """A run folder with a backup and a config.json that is not JSON."""
+    data = _image_data(tmp_path)
+    imagenet.main(_imagenet_args(data, tmp_path / "run", "--steps-per-epoch", 1))
+    (tmp_path / "run" / "config.json").write_text('{"model": ')
+    return data
+
+
+# (script, setup(tmp_path) -> data folder, extra arguments, message start).
+BAD_INPUT = {
+    "unknown-model": ("cifar", _cifar_data, ["--model", "resnet9000"],
+                      "error: --model: unknown model 'resnet9000'; choose from"),
+    "missing-data": ("imagenet", lambda tmp_path: tmp_path / "missing", [],
+                     "error: --data-dir: no folder {tmp_path}/missing."),
+    "no-tpu": ("imagenet", lambda tmp_path: tmp_path, ["--strategy", "tpu", "--tpu", "no-such-tpu"],
+               "error: --tpu: no TPU answered at 'no-such-tpu'"),
+    "pattern-3": ("cifar", _cifar_data, ["--model", "ps_cifar_resnet20", "--pattern", "1,2,3"],
+                  "error: --pattern: ps_cifar_resnet20 cannot be built with pattern=[1, 2, 3]"),
+    "pattern-0": ("cifar", _cifar_data, ["--model", "ps_cifar_resnet20", "--pattern", "0,2"],
+                  "error: --pattern: Argument `pattern` must be a non-empty sequence of positive"),
+    "run-dir-file": ("cifar", _cifar_data, ["--run-dir", "{tmp_path}/cifar/test_batch"],
+                     "error: --run-dir: {tmp_path}/cifar/test_batch is a file, not a folder."),
+    "broken-config": ("imagenet", _broken_run_folder, ["--steps-per-epoch", 1],
+                      "error: --run-dir: {tmp_path}/run/config.json is not valid JSON"),
+    "replay-missing": ("cifar", _cifar_data, ["--config", "{tmp_path}/none.json"],
+                       "error: --config: no file {tmp_path}/none.json."),
+    "decay-cosine": ("imagenet", _image_data, ["--decay-epochs", "2"],
+                     "error: --decay-epochs: applies to --schedule step only."),
+    "warmup-step": ("cifar", _cifar_data, ["--warmup-epochs", "1"],
+                    "error: --warmup-epochs: applies to the cosine schedule only."),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT.values(), ids=BAD_INPUT.keys())
+def test_bad_input_gets_a_one_line_message(tmp_path, case):
+    script, setup, extra, expected = case
+    data_dir = setup(tmp_path)
+    extra = [str(arg).format(tmp_path=tmp_path) for arg in extra]
+    if script == "cifar":
+        message = _error_message(cifar.main, _cifar_args(data_dir, tmp_path / "run", *extra))
+    else:
+        message = _error_message(imagenet.main, _imagenet_args(data_dir, tmp_path / "run", *extra))
+    assert message.startswith(expected.format(tmp_path=tmp_path)), message
+    assert "\n" not in message and "Traceback" not in message
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--learning-rate", "nan"), ("--learning-rate", "inf"), ("--weight-decay", "nan"),
+    ("--momentum", "-inf"), ("--learning-rate", "1e999"), ("--warmup-epochs", "nan"),
+])
+def test_non_finite_arguments_are_refused(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        cifar.main(_cifar_args(tmp_path, tmp_path / "run", f"{flag}={value}"))
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: must be a finite number, got '{value}'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_choice_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit):
         cifar.main(["--dataset", "svhn"])
     assert "argument --dataset: invalid choice: 'svhn'" in capsys.readouterr().err
 
-    message = _error_message(imagenet.main, _imagenet_args(tmp_path / "missing", tmp_path / "run"))
-    assert message == f"error: --data-dir: no folder {tmp_path / 'missing'}."
 
-    message = _error_message(imagenet.main, _imagenet_args(
-        tmp_path, tmp_path / "run", "--strategy", "tpu", "--tpu", "no-such-tpu"))
-    assert message.startswith("error: --strategy tpu: no TPU answered at --tpu 'no-such-tpu'")
-
-    _write_image_tree(str(tmp_path / "images"), "train", ("cat",), 2)
-    _write_image_tree(str(tmp_path / "images"), "val", ("cat",), 1)
-    (tmp_path / "images" / "val" / "cat" / "broken.jpg").write_bytes(b"not a JPEG")
-    message = _error_message(imagenet.main, _imagenet_args(
-        tmp_path / "images", tmp_path / "run_corrupt", "--steps-per-epoch", 1))
-    assert message.startswith("error: the input pipeline failed")
-    assert "Corrupt image file" in message and "broken.jpg" in message
-
-    message = _error_message(quick_run.main, ["--data-dir", str(tmp_path / "cifar")])
+def test_missing_quick_run_data_says_how_to_get_it(tmp_path):
+    message = _error_message(quick_run.main, ["--data-dir", str(_cifar_data(tmp_path))])
     assert "No fashion_mnist data found" in message
     assert "apt-get install dataset-fashion-mnist" in message
 
@@ -262,3 +314,135 @@ def test_help_documents_every_flag(script):
         assert action.help, f"{action.option_strings} has no help"
     if script is imagenet:
         assert "downloads/manual" in text and "train/<class>" in text
+
+
+def test_resume_refuses_other_settings_and_says_where_it_resumes(tmp_path, capsys):
+    training_helpers.write_cifar10(str(tmp_path / "data"))
+    base = _cifar_args(tmp_path / "data", tmp_path / "run", "--epochs", 1, "--strategy", "cpu")
+    cifar.main(base)
+    config_path = tmp_path / "run" / "seed_0" / "config.json"
+    stored = config_path.read_bytes()
+
+    message = _error_message(cifar.main, base + ["--batch-size", "8", "--momentum", "0.5"])
+    assert message.startswith(f"error: --run-dir: {tmp_path / 'run' / 'seed_0'} holds a run "
+                              "with other settings (stored -> given): ")
+    assert "recipe.batch_size: 16 -> 8" in message and "recipe.momentum: 0.9 -> 0.5" in message
+    assert f"--config {config_path}" in message
+    message = _error_message(cifar.main, base + ["--epochs", "2"])
+    assert "recipe.epochs: 1 -> 2" in message and "--allow-changes" in message
+    assert config_path.read_bytes() == stored  # refused runs write nothing
+
+    capsys.readouterr()
+    summary = cifar.main(base + ["--epochs", "2", "--allow-changes", "--verbose", "2"])
+    output = capsys.readouterr().out
+    assert f"Resuming {tmp_path / 'run' / 'seed_0'} at epoch 2, step 0 (10 steps done)." in output
+    assert read_json(tmp_path / "run" / "seed_0" / "metrics.json")["steps_done"] == 20
+    assert read_json(config_path)["recipe"]["epochs"] == 2
+    assert summary["seeds"] == [0]
+
+
+def test_config_replays_a_run_with_overrides(tmp_path):
+    training_helpers.write_cifar10(str(tmp_path / "data"))
+    cifar.main(_cifar_args(tmp_path / "data", tmp_path / "first", "--epochs", 1,
+                           "--learning-rate", 0.05, "--nesterov", "--train-examples", 64,
+                           "--strategy", "cpu"))
+    first = RunConfig.from_dict(read_json(tmp_path / "first" / "seed_0" / "config.json"))
+    cifar.main(["--config", str(tmp_path / "first" / "seed_0" / "config.json"),
+                "--run-dir", str(tmp_path / "second"), "--verbose", "0"])
+    second = RunConfig.from_dict(read_json(tmp_path / "second" / "seed_0" / "config.json"))
+    assert first.differences(second) == []
+    assert second.recipe.learning_rate == 0.05 and second.train_examples == 64
+    cifar.main(["--config", str(tmp_path / "first" / "seed_0" / "config.json"),
+                "--run-dir", str(tmp_path / "third"), "--verbose", "0", "--epochs", "2"])
+    third = RunConfig.from_dict(read_json(tmp_path / "third" / "seed_0" / "config.json"))
+    assert first.differences(third) == [("recipe.decay_epochs", [], [1]),
+                                        ("recipe.epochs", 1, 2)]
+    message = _error_message(imagenet.main, ["--config", str(tmp_path / "first" / "seed_0" /
+                                                             "config.json")])
+    assert message.startswith("error: --config: ") and "was written by cifar, not by imagenet" in message
+
+
+def test_seeds_report_final_and_best_error(tmp_path):
+    training_helpers.write_cifar10(str(tmp_path / "data"))
+    summary = cifar.main(_cifar_args(tmp_path / "data", tmp_path / "run", "--epochs", 2,
+                                     "--seeds", 2, "--train-examples", 32, "--strategy", "cpu"))
+    for kind, key in (("final", lambda m: m["final"]["top1"]),
+                      ("best", lambda m: m["best"]["val_top1"])):
+        errors = [100 * (1 - key(read_json(tmp_path / "run" / f"seed_{seed}" / "metrics.json")))
+                  for seed in (0, 1)]
+        reported = summary[f"{kind}_top1_error_percent"]
+        np.testing.assert_allclose(reported["values"], errors)
+        np.testing.assert_allclose(reported["mean"], (errors[0] + errors[1]) / 2)
+        np.testing.assert_allclose(reported["std"], abs(errors[0] - errors[1]) / 2**0.5)
+    config = read_json(tmp_path / "run" / "seed_1" / "config.json")
+    assert config["recipe"]["nesterov"] is True and config["seed"] == 1
+
+
+def test_default_run_folder_is_per_model(tmp_path, monkeypatch):
+    data = _image_data(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = [arg for arg in _imagenet_args(data, "x", "--steps-per-epoch", 1)]
+    run_dir_at = args.index("--run-dir")
+    del args[run_dir_at: run_dir_at + 2]
+    imagenet.main(args)
+    imagenet.main(args[:args.index("--model")] + ["--model", "cifar_resnet56"]
+                  + args[args.index("--model") + 2:])
+    assert sorted(os.listdir(tmp_path / "runs")) == ["cifar_resnet20", "cifar_resnet56"]
+
+
+@pytest.mark.parametrize("arguments, schedule, decay_epochs", [
+    ([], "cosine", []),
+    (["--schedule", "step"], "step", [30, 60, 90]),
+    (["--schedule", "step", "--decay-epochs", "40,80", "--decay-factor", "0.5"], "step", [40, 80]),
+], ids=["cosine", "step-default", "step-given"])
+def test_imagenet_schedules(tmp_path, arguments, schedule, decay_epochs):
+    args = imagenet.build_parser().parse_args(["--data-dir", str(tmp_path), *arguments])
+    recipe = cli.recipe_from_args(configs.IMAGENET, args, imagenet._decay_epochs)
+    assert (recipe.schedule, list(recipe.decay_epochs)) == (schedule, decay_epochs)
+    assert recipe.epochs == 120 and recipe.nesterov is False
+
+
+def test_undecodable_images_are_skipped_counted_and_listed(tmp_path, capsys):
+    data = _image_data(tmp_path)
+    bad_train = data / "train" / "cat" / "truncated.jpg"
+    bad_train.write_bytes((data / "train" / "cat" / "0.jpg").read_bytes()[:300])
+    bad_val = data / "val" / "cat" / "text.jpg"
+    bad_val.write_bytes(b"not a JPEG")
+    metrics = imagenet.main(_imagenet_args(data, tmp_path / "run", "--steps-per-epoch", 2,
+                                           "--batch-size", 1, "--epochs", 2))
+    assert metrics["skipped_images"] == {"train": {"count": 1, "files": [str(bad_train)]},
+                                         "eval": {"count": 1, "files": [str(bad_val)]}}
+    assert read_json(tmp_path / "run" / "metrics.json")["skipped_images"] == metrics["skipped_images"]
+    skipped = {(record["split"], record["file"]) for record in read_log(tmp_path / "run")
+               if record["event"] == "skipped_image"}
+    assert skipped == {("train", str(bad_train)), ("eval", str(bad_val))}
+
+    capsys.readouterr()
+    imagenet.main(_imagenet_args(data, tmp_path / "checked", "--steps-per-epoch", 1,
+                                 "--check-images"))
+    output = capsys.readouterr().out
+    assert f"train: 1 of 3 images cannot be decoded\n  {bad_train}" in output
+    assert f"val: 1 of 2 images cannot be decoded\n  {bad_val}" in output
+    checked = read_json(tmp_path / "checked" / "metrics.json")["skipped_images"]
+    assert checked["train"]["count"] == checked["eval"]["count"] == 0
+
+
+def test_diverging_run_exits_with_an_error_and_saves_nothing(tmp_path):
+    training_helpers.write_cifar10(str(tmp_path / "data"))
+    args = _cifar_args(tmp_path / "data", tmp_path / "run", "--epochs", 1,
+                       "--learning-rate", "1e30", "--strategy", "cpu")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(cifar.main, args)
+    assert str(exit_info.value.code).startswith("error: the training loss became ")
+    assert "Lower the learning rate" in str(exit_info.value.code)
+    assert not (tmp_path / "run" / "seed_0" / "best.keras").exists()
+    assert not (tmp_path / "run" / "seed_0" / "metrics.json").exists()
+
+
+def test_scripts_run_from_any_folder_without_path_setup(tmp_path):
+    for script in ("imagenet.py", "cifar.py", "quick_run.py"):
+        result = subprocess.run(training_helpers.script_command(script, "--help"),
+                                cwd=tmp_path, env=training_helpers.script_env(),
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "--config" in result.stdout

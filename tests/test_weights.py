@@ -326,3 +326,29 @@ def test_bad_arguments_are_named(kwargs, message):
 def test_bad_source_is_named():
     with pytest.raises(ValueError, match="path_or_state_dict"):
         load_torch(_single_layer(32, 1, 1, 32), [1, 2, 3])
+
+
+def test_bfloat16_checkpoint_loads_as_float32(tmp_path):
+    official = _torch_net(seed=30)
+    path = tmp_path / "bf16.pth"
+    torch.save({key: value.to(torch.bfloat16) if value.is_floating_point() else value
+                for key, value in official.state_dict().items()}, path)
+    model = load_torch(_keras_net(), str(path))
+    # The reference: the same bfloat16 values, widened by PyTorch itself.
+    expected = official.state_dict()["layer4.0.conv3.weight"].to(torch.bfloat16).double()
+    loaded = keras.ops.convert_to_numpy(model.get_layer("layer4_0_conv3").kernel)
+    np.testing.assert_array_equal(loaded, expected.numpy().transpose(2, 3, 1, 0))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    ("truncated", "cannot be read as a PyTorch checkpoint"),
+], ids=["zero-bytes", "truncated"])
+def test_damaged_pth_file_is_named(tmp_path, content, message):
+    path = tmp_path / "damaged.pth"
+    if content == "truncated":
+        torch.save(_torch_net(seed=31).state_dict(), path)
+        content = path.read_bytes()[:1000]
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"damaged.pth.*{message}"):
+        load_torch(_keras_net(), str(path))

@@ -1,8 +1,4 @@
-"""Shared pieces of the training tests: the scripts' folder, data writers, runs.
-
-The training scripts import their sibling modules as plain modules (they run
-as `python training/<script>.py`), so the tests put training/ on sys.path.
-"""
+"""Shared pieces of the training tests: the scripts' folder, data writers, runs."""
 
 import gzip
 import json
@@ -16,8 +12,6 @@ import numpy as np
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING_DIR = os.path.join(REPO_DIR, "training")
-if TRAINING_DIR not in sys.path:
-    sys.path.insert(0, TRAINING_DIR)
 
 
 def random_images(count, shape, seed):
@@ -93,3 +87,24 @@ def read_log(run_dir):
 def read_json(path):
     with open(path) as file:
         return json.load(file)
+
+
+def load_script(name):
+    """The module of a command-line script of training/ (not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        f"training_script_{name}", os.path.join(TRAINING_DIR, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_run_config(recipe, model="tiny", **fields):
+    """A `RunConfig` for a loop test with a hand-built model."""
+    from psconv_tf.training.run_config import Preprocessing
+    from psconv_tf.training.run_config import RunConfig
+
+    return RunConfig(model=model, num_classes=6, image_size=8, channels=8, recipe=recipe,
+                     dataset="generated", preprocessing=Preprocessing((0.0,), (1.0,)),
+                     **fields)

@@ -3,11 +3,14 @@
 The defaults are the paper's: SGD with momentum 0.9 and weight decay 1e-4
 (coupled L2, as PyTorch applies it), batch 256 with learning rate 0.1,
 scaled linearly with --batch-size, 120 epochs of half-cosine decay to zero
-(optionally after --warmup-epochs of linear warm-up); per image a random crop
-of 8%-100% of the area with an aspect ratio in [3/4, 4/3], resized to
-224 x 224, and a random horizontal flip; evaluation on the central 224 x 224
-of images resized to 256 on the shorter side, top-1 and top-5; the model of
-the best validation top-1 is kept. No label smoothing or other extras.
+(optionally after --warmup-epochs of linear warm-up; --schedule step drops
+it by --decay-factor at --decay-epochs instead, by default every 30 epochs,
+the step-wise schedule of the paper's detection backbones); per image a
+random crop of 8%-100% of the area with an aspect ratio in [3/4, 4/3],
+resized to 224 x 224, and a random horizontal flip; evaluation on the
+central 224 x 224 of images resized to 256 on the shorter side, top-1 and
+top-5; the model of the best validation top-1 is kept. No label smoothing or
+other extras.
 
 Data (--data-dir, local or gs://):
 - TFDS: a TFDS data folder with imagenet2012 (or another --dataset). TFDS
@@ -17,15 +20,19 @@ Data (--data-dir, local or gs://):
   DATA_DIR` beforehand.
 - Class folders: DATA_DIR/train/<class>/<image> and DATA_DIR/val/<class>/
   <image> (JPEG or PNG); labels follow the sorted class names of train/.
+An image that cannot be decoded is skipped, named in the log and counted in
+metrics.json; --check-images lists all of them before training.
 
 Multi-worker: run the same command on every worker, with TF_CONFIG set;
 each worker reads its own shard of the files. --run-dir must be readable by
 all workers (gs:// or a shared disk): they resume from the chief's backup.
 
-Run folder: config.json, best.keras, backup/, log.jsonl, logs/
-(TensorBoard), metrics.json. Restarting the same command after the process
-was killed (SIGTERM or SIGKILL, e.g. a preempted TPU VM) resumes at the
-step of the last backup, in the same epoch and at the same learning rate.
+Run folder (default runs/<model>): config.json, best.keras, backup/,
+log.jsonl, logs/ (TensorBoard), metrics.json. Restarting the same command
+after the process was killed (SIGTERM or SIGKILL, e.g. a preempted TPU VM)
+resumes at the step of the last backup, in the same epoch and at the same
+learning rate; a restart with other settings is refused.
+--config RUN/config.json replays a run's settings.
 
     python training/imagenet.py --data-dir gs://bucket/tensorflow_datasets \\
         --model ps_resnet50 --strategy tpu --tpu my-tpu \\
@@ -33,19 +40,17 @@ step of the last backup, in the same epoch and at the same learning rate.
 """
 
 import argparse
-import dataclasses
 import os
 
-import keras
-import tensorflow as tf
+from psconv_tf.training import classification
+from psconv_tf.training import cli
+from psconv_tf.training import configs
+from psconv_tf.training import image_data
+from psconv_tf.training.errors import InputError
+from psconv_tf.training.run_config import RunConfig
 
-import configs
-import dataloaders
-import train_lib
-from configs import InputError
-from psconv_tf import models
-
-SOURCES = ("auto", "tfds", "folders")
+SCRIPT = "imagenet"
+DECAY_EVERY = 30
 
 
 def build_parser():
@@ -53,11 +58,11 @@ def build_parser():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--data-dir", required=True,
-        help="TFDS data folder, or a folder with train/ and val/ class folders",
+        "--data-dir", default=None,
+        help="TFDS data folder, or a folder with train/ and val/ class folders (required)",
     )
     parser.add_argument(
-        "--source", default="auto", choices=SOURCES,
+        "--source", default="auto", choices=classification.SOURCES,
         help="tfds or folders; auto: folders if DATA_DIR/train exists, else tfds",
     )
     parser.add_argument("--dataset", default="imagenet2012",
@@ -66,96 +71,83 @@ def build_parser():
                         help="TFDS training split; default train")
     parser.add_argument("--val-split", default="validation",
                         help="TFDS validation split; default validation")
-    parser.add_argument("--image-size", type=int, default=224,
+    parser.add_argument("--image-size", type=cli.positive_int, default=224,
                         help="side of the training and evaluation crops; default 224")
     parser.add_argument(
-        "--steps-per-epoch", type=int, default=None,
+        "--steps-per-epoch", type=cli.positive_int, default=None,
         help="optimizer steps per epoch; default: training images // --batch-size",
     )
-    parser.add_argument("--warmup-epochs", type=float, default=0.0,
-                        help="linear warm-up before the cosine decay; default 0")
-    train_lib.add_model_arguments(parser, "ps_resnet50")
-    train_lib.add_recipe_arguments(parser, configs.IMAGENET)
-    train_lib.add_runtime_arguments(parser, "runs/imagenet")
+    parser.add_argument(
+        "--check-images", action="store_true",
+        help="decode every image before training and list those that fail "
+             "(they are skipped either way)",
+    )
+    cli.add_model_arguments(parser, "ps_resnet50")
+    cli.add_recipe_arguments(parser, configs.IMAGENET,
+                             default_decay=f"every {DECAY_EVERY} epochs")
+    cli.add_runtime_arguments(parser, "runs/<model>")
     return parser
 
 
-def image_sources(args):
-    """(training, validation) `dataloaders.ImageSource`s for the arguments."""
-    if not tf.io.gfile.isdir(args.data_dir):
-        raise InputError(f"--data-dir: no folder {args.data_dir}.")
-    source = args.source
-    if source == "auto":
-        has_train_folder = tf.io.gfile.isdir(os.path.join(args.data_dir, "train"))
-        source = "folders" if has_train_folder else "tfds"
-    if source == "folders":
-        train = dataloaders.image_folder_source(os.path.join(args.data_dir, "train"))
-        val = dataloaders.image_folder_source(
-            os.path.join(args.data_dir, "val"), train.class_names
-        )
-        return train, val
-    return (dataloaders.tfds_source(args.dataset, args.train_split, args.data_dir),
-            dataloaders.tfds_source(args.dataset, args.val_split, args.data_dir))
+def _decay_epochs(epochs):
+    return range(DECAY_EVERY, epochs, DECAY_EVERY)
 
 
-def _steps_per_epoch(args, train_source, batch_size):
-    if args.steps_per_epoch is not None:
-        return args.steps_per_epoch
-    if train_source.num_examples is None:
-        raise InputError(
-            "the size of the training split is unknown: pass --steps-per-epoch."
-        )
-    return train_source.num_examples // batch_size
+def _check_images(sources):
+    """Lists the undecodable images of both splits; returns the sources without them."""
+    checked = []
+    for split, source in zip(("train", "val"), sources):
+        bad = image_data.scan_images(source)
+        print(f"{split}: {len(bad)} of {source.num_examples} images cannot be decoded"
+              + "".join(f"\n  {name}" for name in bad), flush=True)
+        checked.append(source.without(bad) if bad else source)
+    return checked
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    model_kwargs = train_lib.model_kwargs_from_args(args)
-    recipe = train_lib.recipe_from_args(configs.IMAGENET, args,
-                                        warmup_epochs=args.warmup_epochs)
+    args = cli.parse_args(build_parser(), argv, SCRIPT)
+    if args.data_dir is None:
+        raise InputError("is required (a TFDS data folder or class folders).",
+                         argument="data_dir")
     if args.image_size < 32:
-        raise InputError(f"--image-size must be at least 32; got {args.image_size}.")
-    strategy, options = train_lib.runtime_from_args(args)
-    keras.utils.set_random_seed(args.seed)
-    train_source, val_source = image_sources(args)
-    size = args.image_size
-    model_kwargs.update(num_classes=train_source.num_classes, input_shape=[size, size, 3])
-    trainer = train_lib.Trainer(
-        strategy, lambda: models.get(args.model, **model_kwargs), recipe,
-        _steps_per_epoch(args, train_source, recipe.batch_size), options,
+        raise InputError(f"must be at least 32; got {args.image_size}.", argument="image_size")
+    model_kwargs = cli.model_kwargs_from_args(args)
+    recipe = cli.recipe_from_args(configs.IMAGENET, args, _decay_epochs)
+    run_dir = args.run_dir or os.path.join("runs", args.model)
+    strategy, options = cli.runtime_from_args(args, run_dir)
+    sources = classification.open_image_sources(
+        args.data_dir, args.source, args.dataset, args.train_split, args.val_split)
+    if args.check_images:
+        sources = _check_images(sources)
+    train_source, val_source = sources
+    config = RunConfig(
+        model=args.model,
+        model_kwargs=model_kwargs,
+        num_classes=train_source.num_classes,
+        image_size=args.image_size,
+        channels=3,
+        recipe=recipe,
+        dataset=args.dataset if train_source.class_names is None else args.data_dir,
+        preprocessing=classification.imagenet_preprocessing(args.image_size),
+        class_names=tuple(train_source.class_names or ()),
+        train_examples=train_source.num_examples,
+        steps_per_epoch=classification.steps_per_epoch_of(
+            train_source, recipe.batch_size, args.steps_per_epoch),
+        seed=args.seed,
+        precision=options.precision,
+        jit_compile=options.jit_compile,
+        replicas=strategy.num_replicas_in_sync,
+        script=SCRIPT,
+        arguments=cli.replay_arguments(args),
     )
-    config = {
-        "model": args.model,
-        "model_kwargs": model_kwargs,
-        "num_classes": train_source.num_classes,
-        "image_size": size,
-        "channels": 3,
-        "preprocessing": {
-            "input": "RGB pixels in [0, 255], normalized per channel: (x - mean) / std",
-            "mean": list(dataloaders.IMAGENET_MEAN_RGB),
-            "std": list(dataloaders.IMAGENET_STDDEV_RGB),
-            "resize_shorter_side": round(size / dataloaders.CROP_FRACTION),
-            "center_crop": size,
-        },
-        "class_names": list(train_source.class_names or []),
-        "dataset": args.dataset if train_source.class_names is None else args.data_dir,
-        "recipe": dataclasses.asdict(recipe),
-        "seed": args.seed,
-        "precision": options.precision,
-        "jit_compile": options.jit_compile,
-        "replicas": strategy.num_replicas_in_sync,
-    }
-    inputs = [dataloaders.imagenet_input(source, training, size, recipe.batch_size)
-              for source, training in ((train_source, True), (val_source, False))]
-    metrics = trainer.fit(*inputs, config)
+    metrics = classification.train_imagenet(config, strategy, options, train_source, val_source)
     best = metrics["best"]
-    path = os.path.join(train_lib.worker_output_dir(strategy, args.run_dir), "metrics.json")
     print(f"{args.model}: best validation top-1 {100 * best['val_top1']:.2f} % "
           f"(epoch {best['epoch'] + 1}); last epoch "
           + ", ".join(f"{name} {value:.4f}" for name, value in metrics["final"].items())
-          + f"; metrics in {path}")
+          + f"; metrics in {os.path.join(run_dir, 'metrics.json')}")
     return metrics
 
 
 if __name__ == "__main__":
-    train_lib.run_main(main)
+    cli.run_main(main)

@@ -18,8 +18,8 @@ already prepared (TFDS is not asked to download).
 
     python training/quick_run.py [--epochs 1] [--train-examples 24000]
 
-Writes RUN_DIR/<model>/ (a run folder each, see train_lib.Trainer.fit) and
-RUN_DIR/quick_run.json.
+Writes RUN_DIR/<model>/ (a run folder each, see psconv_tf.training.run_config)
+and RUN_DIR/quick_run.json.
 """
 
 import argparse
@@ -27,11 +27,14 @@ import dataclasses
 import os
 import time
 
+from psconv_tf.training import classification
+from psconv_tf.training import cli
+from psconv_tf.training import configs
+from psconv_tf.training import files
+from psconv_tf.training import small_data
+from psconv_tf.training.strategy import worker_output_dir
 
-import cifar
-import configs
-import train_lib
-
+SCRIPT = "quick_run"
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
@@ -50,11 +53,11 @@ def build_parser():
         help=f"comma-separated zoo models; default {','.join(defaults.models)}",
     )
     parser.add_argument(
-        "--train-examples", type=int, default=defaults.train_examples,
+        "--train-examples", type=cli.positive_int, default=defaults.train_examples,
         help=f"seeded training subset (of 60,000); default {defaults.train_examples}",
     )
-    train_lib.add_recipe_arguments(parser, defaults.recipe)
-    train_lib.add_runtime_arguments(parser, "runs/quick_run")
+    cli.add_recipe_arguments(parser, defaults.recipe, default_decay="none")
+    cli.add_runtime_arguments(parser, "runs/quick_run")
     parser.set_defaults(seed=defaults.seed)
     return parser
 
@@ -66,19 +69,23 @@ def _data_dir(data_dir):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = cli.parse_args(build_parser(), argv, SCRIPT)
     started = time.time()
     model_names = [name for name in args.models.split(",") if name]
     for name in model_names:
-        train_lib.check_model_name(name)
-    recipe = train_lib.recipe_from_args(configs.QUICK, args)
-    strategy, options = train_lib.runtime_from_args(args)
-    data = cifar.load_data("fashion_mnist", _data_dir(args.data_dir),
-                           args.train_examples, args.seed, download=False)
+        cli.check_model_name(name, argument="models")
+    recipe = cli.recipe_from_args(configs.QUICK, args, lambda epochs: ())
+    run_dir = args.run_dir or os.path.join("runs", "quick_run")
+    strategy, options = cli.runtime_from_args(args, run_dir)
+    data = small_data.load_data("fashion_mnist", _data_dir(args.data_dir),
+                                args.train_examples, args.seed, download=False)
     results = {}
     for name in model_names:
-        run_options = dataclasses.replace(options, run_dir=os.path.join(args.run_dir, name))
-        metrics = cifar.train_model(name, {}, data, recipe, strategy, run_options, args.seed)
+        config = classification.small_image_config(
+            name, {}, data, recipe, args.seed, strategy, options, SCRIPT,
+            cli.replay_arguments(args))
+        metrics = classification.train_small_images(
+            config, data, strategy, dataclasses.replace(options, run_dir=os.path.join(run_dir, name)))
         results[name] = {"test_top1": metrics["final"]["top1"],
                          "seconds": metrics["seconds"]}
     summary = {
@@ -90,8 +97,8 @@ def main(argv=None):
         "results": results,
         "wall_seconds": round(time.time() - started, 1),
     }
-    path = os.path.join(train_lib.worker_output_dir(strategy, args.run_dir), "quick_run.json")
-    train_lib.write_json(path, summary)
+    path = os.path.join(worker_output_dir(strategy, run_dir), "quick_run.json")
+    files.write_json(path, summary)
     print(f"\nFashion-MNIST, {summary['train_examples']} training images, "
           f"{recipe.epochs} epoch{'s' * (recipe.epochs != 1)}, "
           f"test set of {summary['test_examples']}:")
@@ -104,4 +111,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    train_lib.run_main(main)
+    cli.run_main(main)

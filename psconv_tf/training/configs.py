@@ -3,21 +3,16 @@
 A `Recipe` holds what the paper specifies (optimizer, schedule, length,
 batch); the scripts start from one of the recipes below and override fields
 from their command line with `dataclasses.replace`.
+
+>>> recipe = dataclasses.replace(CIFAR, batch_size=64)
+>>> recipe.scaled_learning_rate
+0.05
 """
 
 import dataclasses
+import math
 
 SCHEDULES = ("cosine", "step")
-
-
-class InputError(ValueError):
-    """A bad command-line value or data set; scripts print it without a traceback."""
-
-
-def describe_error(error):
-    """The error's type and the first line of its message, to quote it."""
-    first_line = str(error).partition("\n")[0]
-    return f"{type(error).__name__}: {first_line}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,9 +26,10 @@ class Recipe:
             learning rate used is scaled linearly with `batch_size`.
         reference_batch_size: the batch size `learning_rate` is given for.
         momentum: SGD momentum.
+        nesterov: Nesterov momentum (the ResNeXt CIFAR recipe's).
         weight_decay: L2 coefficient added to the gradient as
             `torch.optim.SGD(weight_decay=...)` does (see
-            `train_lib.CoupledWeightDecaySGD`).
+            `optimizer.CoupledWeightDecaySGD`).
         schedule: `"cosine"` (half cosine from the peak to zero over the
             epochs after warm-up) or `"step"` (multiplied by `decay_factor`
             at the start of every epoch in `decay_epochs`).
@@ -47,6 +43,7 @@ class Recipe:
     learning_rate: float
     reference_batch_size: int
     momentum: float = 0.9
+    nesterov: bool = False
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
@@ -54,6 +51,13 @@ class Recipe:
     decay_factor: float = 0.1
 
     def __post_init__(self):
+        for name in ("learning_rate", "momentum", "weight_decay", "warmup_epochs",
+                     "decay_factor"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(
+                    f"`{name}` must be a finite number. Received: {name}={value!r}"
+                )
         for name in ("epochs", "batch_size", "reference_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -78,6 +82,11 @@ class Recipe:
             raise ValueError(
                 f"`schedule` must be one of {SCHEDULES}. "
                 f"Received: schedule={self.schedule!r}"
+            )
+        if not 0 < self.decay_factor <= 1:
+            raise ValueError(
+                "`decay_factor` must be in (0, 1]. "
+                f"Received: decay_factor={self.decay_factor!r}"
             )
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(
@@ -116,14 +125,16 @@ IMAGENET = Recipe(
     schedule="cosine",
 )
 
-# §4.2 follows the original ResNeXt CIFAR recipe (Xie et al. 2017): batch 128,
-# LR 0.1, weight decay 5e-4, 300 epochs, LR / 10 at epochs 150 and 225.
+# §4.2 follows the original ResNeXt CIFAR recipe (Xie et al. 2017, whose code
+# uses Nesterov momentum): batch 128, LR 0.1, weight decay 5e-4, 300 epochs,
+# LR / 10 at epochs 150 and 225.
 CIFAR = Recipe(
     epochs=300,
     batch_size=128,
     learning_rate=0.1,
     reference_batch_size=128,
     momentum=0.9,
+    nesterov=True,
     weight_decay=5e-4,
     schedule="step",
     decay_epochs=(150, 225),
@@ -151,7 +162,7 @@ class QuickRun:
 
     Attributes:
         models: zoo names trained one after the other.
-        dataset: a small-image dataset name (see `dataloaders.SMALL_DATASETS`).
+        dataset: a small-image dataset name (see `small_data.SMALL_DATASETS`).
         train_examples: size of the (fixed, seeded) training subset.
         recipe: the optimization recipe.
         seed: seed of the subset, the initialization and the augmentation.

@@ -1,0 +1,36 @@
+"""The paper's training recipes on tf.distribute, as a library (TensorFlow only).
+
+Modules, one job each:
+- `configs`: the recipes (`Recipe`, `IMAGENET`, `CIFAR`, `QUICK`);
+- `optimizer`, `schedules`: `CoupledWeightDecaySGD` (PyTorch's weight
+  decay) and the cosine and step learning-rate schedules;
+- `strategy`: the `tf.distribute` strategy, precision and XLA;
+- `preprocessing`, `image_data`, `small_data`: ImageNet-style and
+  small-image input pipelines (undecodable images skipped and named);
+- `trainer`: `Trainer` and `RunOptions`, the resumable loop (callbacks
+  welcome);
+- `run_config`: the run folder and its typed `config.json` (`RunConfig`);
+- `files`: atomic file writes;
+- `classification`: training a zoo model from a `RunConfig`;
+- `cli`: the command-line flags of `training/*.py`;
+- `errors`: `InputError` and the other errors the library raises.
+
+>>> from psconv_tf.training import CoupledWeightDecaySGD, configs
+>>> configs.IMAGENET.epochs
+120
+"""
+
+from psconv_tf.training import configs
+from psconv_tf.training.configs import Recipe
+from psconv_tf.training.errors import InputError
+from psconv_tf.training.errors import NonFiniteLossError
+from psconv_tf.training.errors import ResumeMismatchError
+from psconv_tf.training.optimizer import CoupledWeightDecaySGD
+from psconv_tf.training.optimizer import build_optimizer
+from psconv_tf.training.run_config import Preprocessing
+from psconv_tf.training.run_config import RunConfig
+from psconv_tf.training.run_config import RunFolder
+from psconv_tf.training.schedules import learning_rate_schedule
+from psconv_tf.training.strategy import create_strategy
+from psconv_tf.training.trainer import RunOptions
+from psconv_tf.training.trainer import Trainer

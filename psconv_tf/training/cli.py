@@ -1,0 +1,320 @@
+"""Command-line plumbing shared by the training scripts.
+
+Flags are defined once here; `parse_args` replays a stored run
+(`--config RUN/config.json`, explicit flags override) and `run_main` turns
+the library's neutral errors into one-line `error: --flag: ...` messages.
+"""
+
+import argparse
+import dataclasses
+import math
+import re
+import sys
+
+from psconv_tf import lattice
+from psconv_tf import models
+from psconv_tf.training import run_config
+from psconv_tf.training import strategy as strategies
+from psconv_tf.training.configs import SCHEDULES
+from psconv_tf.training.errors import InputError
+from psconv_tf.training.errors import NonFiniteLossError
+from psconv_tf.training.errors import ResumeMismatchError
+from psconv_tf.training.trainer import RunOptions
+
+# Flags that change how a run executes or reports, not what it is: not
+# stored for replays.
+NOT_REPLAYED = ("config", "verbose", "log_every", "allow_changes", "check_images")
+
+
+# Argument types --------------------------------------------------------------
+
+
+def finite_float(text):
+    """An argparse type: a finite float ("nan", "inf" and "1e999" refused).
+
+    >>> finite_float("0.1")
+    0.1
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text):
+    """An argparse type: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def int_list(text):
+    """An argparse type: comma-separated integers, e.g. "1,2,1,4"."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"comma-separated integers expected, got {text!r}") from None
+
+
+def flag(argument):
+    """The command-line flag of a library argument name.
+
+    >>> flag("batch_size")
+    '--batch-size'
+    """
+    return "--" + argument.replace("_", "-")
+
+
+# Shared flags ----------------------------------------------------------------
+
+
+def add_model_arguments(parser, default_model):
+    """--model, --pattern, --cyclic."""
+    parser.add_argument(
+        "--model", default=default_model, metavar="NAME",
+        help=f"zoo model (psconv_tf.models.list_models()); default {default_model}",
+    )
+    parser.add_argument(
+        "--pattern", default=(1, 2, 1, 4), type=int_list,
+        help="dilation rates of one PSConv cycle, for ps_ models; default 1,2,1,4",
+    )
+    parser.add_argument(
+        "--cyclic", default="both", choices=("both", "input", "output"),
+        help="PSConv rate shift along both channel axes (the paper) or one "
+             "(Table 5 ablations); default both",
+    )
+
+
+def check_model_name(name, argument="model"):
+    """Raises an `InputError` naming the choices unless `name` is a zoo model."""
+    if name not in models.list_models():
+        raise InputError(
+            f"unknown model {name!r}; choose from {', '.join(models.list_models())}.",
+            argument=argument,
+        )
+
+
+def model_kwargs_from_args(args):
+    """Validated zoo arguments: ps_ models take the pattern and cyclic mode."""
+    check_model_name(args.model)
+    if not args.model.startswith("ps_"):
+        return {}
+    try:
+        pattern = lattice.validate_pattern(tuple(args.pattern))
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{error}", argument="pattern") from None
+    return {"pattern": list(pattern), "cyclic": args.cyclic}
+
+
+def add_recipe_arguments(parser, recipe, default_decay=""):
+    """Recipe fields as options, defaulting to `recipe`.
+
+    Args:
+        parser: an `argparse.ArgumentParser`.
+        recipe: the `configs.Recipe` of the defaults.
+        default_decay: how the script places the step schedule's drops when
+            --decay-epochs is not given (for the help text).
+    """
+    parser.add_argument("--epochs", type=positive_int, default=recipe.epochs,
+                        help=f"training epochs; default {recipe.epochs}")
+    parser.add_argument("--batch-size", type=positive_int, default=recipe.batch_size,
+                        help=f"global batch, all replicas together; default {recipe.batch_size}")
+    parser.add_argument(
+        "--learning-rate", type=finite_float, default=recipe.learning_rate,
+        help=f"peak learning rate for a batch of {recipe.reference_batch_size}, "
+             f"scaled linearly with --batch-size; default {recipe.learning_rate}",
+    )
+    parser.add_argument("--momentum", type=finite_float, default=recipe.momentum,
+                        help=f"SGD momentum; default {recipe.momentum}")
+    parser.add_argument(
+        "--nesterov", action=argparse.BooleanOptionalAction, default=recipe.nesterov,
+        help=f"Nesterov momentum; default {'on' if recipe.nesterov else 'off'}",
+    )
+    parser.add_argument(
+        "--weight-decay", type=finite_float, default=recipe.weight_decay,
+        help="L2 weight decay added to the gradient of every weight before the "
+             "momentum, as torch.optim.SGD(weight_decay=...), not Keras's "
+             f"decoupled weight_decay; default {recipe.weight_decay}",
+    )
+    parser.add_argument(
+        "--schedule", default=recipe.schedule, choices=SCHEDULES,
+        help="learning-rate schedule: cosine (half cosine to zero after "
+             "--warmup-epochs) or step (x --decay-factor at each of "
+             f"--decay-epochs); default {recipe.schedule}",
+    )
+    parser.add_argument("--warmup-epochs", type=finite_float, default=recipe.warmup_epochs,
+                        help="linear warm-up before the cosine decay; default "
+                             f"{recipe.warmup_epochs:g}")
+    parser.add_argument(
+        "--decay-epochs", type=int_list, default=None,
+        help="comma-separated epochs where the step schedule drops the learning "
+             f"rate; default {default_decay}",
+    )
+    parser.add_argument("--decay-factor", type=finite_float, default=recipe.decay_factor,
+                        help=f"the step schedule's factor; default {recipe.decay_factor}")
+
+
+def recipe_from_args(recipe, args, default_decay_epochs):
+    """`recipe` with the values of `add_recipe_arguments`' options.
+
+    Args:
+        recipe: the `configs.Recipe` to start from.
+        args: parsed arguments.
+        default_decay_epochs: `fn(epochs)` giving the step schedule's drops
+            when --decay-epochs is not given.
+    """
+    decay_epochs = args.decay_epochs
+    if args.schedule != "step":
+        if decay_epochs is not None:
+            raise InputError("applies to --schedule step only.", argument="decay_epochs")
+        decay_epochs = ()
+    elif decay_epochs is None:
+        decay_epochs = tuple(default_decay_epochs(args.epochs))
+    try:
+        return dataclasses.replace(
+            recipe, epochs=args.epochs, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, momentum=args.momentum,
+            nesterov=args.nesterov, weight_decay=args.weight_decay,
+            schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+            decay_epochs=tuple(decay_epochs), decay_factor=args.decay_factor,
+        )
+    except ValueError as error:
+        # Recipe names the field at fault in backticks, first.
+        field = re.search(r"`(\w+)`", str(error))
+        message = re.sub(r"^`\w+` ", "", str(error))
+        raise InputError(message, argument=field.group(1) if field else None) from None
+
+
+def add_runtime_arguments(parser, default_run_dir):
+    """Strategy, precision, XLA, run folder, replay and logging options."""
+    parser.add_argument(
+        "--config", default=None, metavar="CONFIG_JSON",
+        help="replay a run: take every setting from a run's config.json "
+             "(flags given as well override it)",
+    )
+    parser.add_argument("--run-dir", default=None,
+                        help=f"folder of the run's files; default {default_run_dir}")
+    parser.add_argument(
+        "--allow-changes", action="store_true",
+        help="resume a run folder even though --epochs, --decay-epochs or the data "
+             "folder differ from its config.json (a run refuses other changes)",
+    )
+    parser.add_argument(
+        "--strategy", default="auto", choices=strategies.STRATEGIES,
+        help="tf.distribute strategy: cpu (OneDeviceStrategy), gpu "
+             "(MirroredStrategy over the local GPUs), multiworker "
+             "(MultiWorkerMirroredStrategy from TF_CONFIG), tpu (TPUStrategy "
+             "for --tpu); auto: tpu if --tpu is given, else multiworker if "
+             "TF_CONFIG lists several workers, else gpu if any, else cpu",
+    )
+    parser.add_argument("--tpu", default=None,
+                        help="TPU name or grpc:// address ('local' on a TPU VM)")
+    parser.add_argument(
+        "--jit-compile", default="auto", choices=strategies.JIT_MODES,
+        help="XLA-compile the forward and backward pass; auto: on for GPU and "
+             "TPU, off for CPU (measured slower there)",
+    )
+    parser.add_argument(
+        "--precision", default="auto", choices=strategies.PRECISIONS,
+        help="auto: mixed_bfloat16 on TPU, mixed_float16 (with loss scaling) "
+             "on GPU, fp32 on CPU",
+    )
+    parser.add_argument(
+        "--backup-every", type=positive_int, default=1000, metavar="STEPS",
+        help="save the training state every STEPS steps and every epoch; a "
+             "run restarted with the same --run-dir resumes from it; default 1000",
+    )
+    parser.add_argument(
+        "--steps-per-loop", type=positive_int, default=1,
+        help="steps per call of the compiled training loop (e.g. 100 on TPU); default 1",
+    )
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the initialization and the augmentation; default 0")
+    parser.add_argument(
+        "--verbose", type=int, default=1, choices=(0, 1, 2),
+        help="0 silent, 1 progress (a bar on a terminal, else a plain line "
+             "every --log-every steps), 2 one line per epoch; default 1",
+    )
+    parser.add_argument("--log-every", type=positive_int, default=100, metavar="STEPS",
+                        help="steps between progress lines when the output is "
+                             "not a terminal; default 100")
+
+
+def parse_args(parser, argv, script):
+    """Parses `argv`; with --config, the stored run's arguments are the defaults.
+
+    Args:
+        parser: the script's parser (with `add_runtime_arguments`).
+        argv: the arguments, or None for sys.argv.
+        script: the script's name, as `RunConfig.script` holds it.
+    """
+    args = parser.parse_args(argv)
+    if args.config is None:
+        return args
+    stored = run_config.read_config_file(args.config)
+    if stored.script != script:
+        raise InputError(
+            f"{args.config} was written by {stored.script or 'another program'}, "
+            f"not by {script}.", argument="config",
+        )
+    known = {action.dest for action in parser._actions}
+    parser.set_defaults(**{name: _from_json(value) for name, value in stored.arguments.items()
+                           if name in known and name not in NOT_REPLAYED})
+    return parser.parse_args(argv)
+
+
+def _from_json(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def replay_arguments(args):
+    """The arguments to store in config.json for replays."""
+    return {name: value for name, value in vars(args).items() if name not in NOT_REPLAYED}
+
+
+def runtime_from_args(args, run_dir):
+    """(strategy, RunOptions) from the runtime arguments, for `run_dir`."""
+    strategy = strategies.create_strategy(args.strategy, args.tpu)
+    kind = strategies.device_kind(strategy)
+    options = RunOptions(
+        run_dir=run_dir,
+        precision=strategies.resolve_precision(args.precision, kind),
+        jit_compile=strategies.resolve_jit_compile(args.jit_compile, kind),
+        backup_every=args.backup_every,
+        steps_per_loop=args.steps_per_loop,
+        verbose=args.verbose,
+        log_every=args.log_every,
+        allow_changes=args.allow_changes,
+    )
+    return strategy, options
+
+
+def error_message(error):
+    """The one-line message of a library error, naming its flag."""
+    if isinstance(error, ResumeMismatchError):
+        return (f"error: --run-dir: {error} Resume it with its own settings "
+                f"(--config {run_config.RunFolder(error.run_dir).config}), pass "
+                "--allow-changes for --epochs or --decay-epochs, or give a new --run-dir.")
+    if isinstance(error, InputError) and error.argument:
+        return f"error: {flag(error.argument)}: {error}"
+    return f"error: {error}"
+
+
+def run_main(main, argv=None):
+    """Runs `main(argv)`; a library error exits with a one-line message.
+
+    Bad input (`InputError`) and a diverged run (`NonFiniteLossError`) exit
+    with status 1 and no traceback.
+    """
+    try:
+        return main(argv)
+    except (InputError, NonFiniteLossError) as error:
+        sys.exit(error_message(error))

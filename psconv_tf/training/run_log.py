@@ -1,0 +1,103 @@
+"""What a run reports: log.jsonl records, TensorBoard scalars, console progress."""
+
+import json
+import math
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+
+class RunLog:
+    """Appends JSON records of a run's progress to log.jsonl, and TensorBoard.
+
+    Args:
+        folder: the run's `run_config.RunFolder`.
+        position: `position()` returns the run's place as a dict (steps
+            done, epoch, step, learning rate).
+        verbose: whether to print epoch summaries and notices.
+    """
+
+    def __init__(self, folder, position, verbose):
+        self.folder = folder
+        self.position = position
+        self.verbose = verbose
+        self.summaries = tf.summary.create_file_writer(folder.tensorboard)
+
+    def record(self, event, **fields):
+        record = {"event": event, **self.position(), **fields, "time": time.time()}
+        # One write of one line: a kill leaves at worst a partial last line.
+        with tf.io.gfile.GFile(self.folder.log, "a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def epoch(self, epoch, steps, train_logs, eval_logs, seconds, steps_done, learning_rate):
+        val_logs = {f"val_{name}": value for name, value in eval_logs.items()}
+        self.record("epoch", completed_epoch=epoch, steps=steps, seconds=round(seconds, 2),
+                    **train_logs, **val_logs)
+        with self.summaries.as_default(step=steps_done):
+            for name, value in {**train_logs, **val_logs}.items():
+                tf.summary.scalar(name, value)
+            tf.summary.scalar("learning_rate", learning_rate)
+        self.summaries.flush()
+        if self.verbose:
+            print(" - ".join(f"{name}: {value:.4f}" for name, value in val_logs.items()),
+                  flush=True)
+
+
+class Progress:
+    """Progress of a loop: Keras's bar on a terminal, plain lines elsewhere.
+
+    With `verbose` 1, a terminal shows Keras's progress bar; piped or
+    redirected output gets one plain line (no ANSI codes) every `every`
+    steps and at the end. `verbose` 2 prints nothing per step (the caller
+    prints one line per epoch), 0 nothing at all.
+
+    Args:
+        title: what the lines start with, e.g. "epoch 2/90".
+        total: the number of steps, or None where unknown.
+        verbose: 0, 1 or 2.
+        every: steps between plain lines.
+        stream: where plain lines go (default sys.stdout); a terminal gets
+            the bar.
+    """
+
+    def __init__(self, title, total, verbose, every=100, stream=None):
+        self.title = title
+        self.total = total
+        self.every = every
+        self.stream = stream or sys.stdout
+        self.started = time.time()
+        self.last_printed = None
+        self.bar = None
+        self.plain = verbose == 1 and not _is_terminal(self.stream)
+        if verbose == 1 and not self.plain:
+            self.bar = keras.utils.Progbar(total, verbose=1)
+
+    def update(self, step, logs=(), finished=False):
+        logs = list(dict(logs).items())
+        if self.bar is not None:
+            self.bar.update(step, logs, finalize=finished or None)
+            return
+        if not self.plain:
+            return
+        last = self.last_printed or 0
+        due = step // self.every > last // self.every
+        if not (due or finished) or step == self.last_printed:
+            return
+        self.last_printed = step
+        of_total = f"/{self.total}" if self.total else ""
+        figures = "".join(f" - {name}: {_format(value)}" for name, value in logs)
+        print(f"{self.title} step {step}{of_total}{figures} - "
+              f"{time.time() - self.started:.0f} s", file=self.stream, flush=True)
+
+
+def _format(value):
+    return f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else str(value)
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

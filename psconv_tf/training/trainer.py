@@ -1,0 +1,497 @@
+"""Distributed, resumable training of a classifier: `Trainer` and `RunOptions`.
+
+The loop is our own rather than `keras.Model.fit`, with Keras's model,
+optimizer, losses, metrics and callbacks, for two reasons found in Keras
+3.15:
+- `fit` and its `train_function` fail under `MultiWorkerMirroredStrategy`:
+  they reduce the per-replica batch and the scalar logs with
+  `strategy.reduce(..., axis=0)` (keras-team/keras#20585);
+- `keras.callbacks.BackupAndRestore(save_freq=N)` records the step within
+  the epoch but restarts the saved epoch from its first step: a run killed
+  at step 17 of 4 x 10 steps (saved at step 15) ends after 45 optimizer
+  steps, not 40, its cosine schedule at zero five steps early.
+Here a `tf.train.CheckpointManager` saves the model, the optimizer (its
+iteration count drives the schedule) and the number of steps done in one
+checkpoint; a restarted run restores it and trains the rest of the saved
+epoch, then the remaining epochs. Only the steps since the last save are
+lost; the order of the data after a restart is a fresh shuffle.
+
+A run refuses to resume with settings other than its stored config.json
+(`RunOptions.allow_changes` accepts those of `run_config.SAFE_CHANGES`),
+and stops with `NonFiniteLossError`, saving nothing, as soon as the loss
+becomes NaN or infinite: the last backup and best.keras stay good.
+"""
+
+import dataclasses
+import math
+import os
+import time
+import warnings
+
+import keras
+import tensorflow as tf
+
+from psconv_tf.training import files
+from psconv_tf.training import run_config
+from psconv_tf.training.errors import InputError
+from psconv_tf.training.errors import NonFiniteLossError
+from psconv_tf.training.errors import ResumeMismatchError
+from psconv_tf.training.errors import describe_error
+from psconv_tf.training.optimizer import build_optimizer
+from psconv_tf.training.run_log import Progress
+from psconv_tf.training.run_log import RunLog
+from psconv_tf.training.schedules import learning_rate_schedule
+from psconv_tf.training.strategy import dtype_policy
+from psconv_tf.training.strategy import worker_output_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a run executes (not what it learns).
+
+    Attributes:
+        run_dir: folder of the run's files (see `run_config`).
+        precision: Keras dtype policy: "float32", "mixed_float16" or
+            "mixed_bfloat16".
+        jit_compile: XLA-compile each replica's forward and backward pass.
+        backup_every: save the training state every this many steps (and at
+            the end of every epoch).
+        steps_per_loop: steps run by one call of the compiled loop (raise it
+            on TPUs to keep the host out of the way).
+        verbose: 0 silent, 1 progress (a bar on a terminal, else a plain
+            line every `log_every` steps), 2 one line per epoch.
+        log_every: steps between plain progress lines.
+        allow_changes: resume even where the fields of
+            `run_config.SAFE_CHANGES` differ from the stored config.json.
+    """
+
+    run_dir: str
+    precision: str = "float32"
+    jit_compile: bool = False
+    backup_every: int = 1000
+    steps_per_loop: int = 1
+    verbose: int = 1
+    log_every: int = 100
+    allow_changes: bool = False
+
+    def __post_init__(self):
+        for name in ("backup_every", "steps_per_loop", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise InputError(f"must be a positive integer; got {value!r}.", argument=name)
+
+
+class Trainer:
+    """Trains a classifier with a recipe under a strategy, resumably.
+
+    Args:
+        strategy: a `tf.distribute.Strategy`.
+        build_model: called without arguments under the strategy's scope and
+            the run's dtype policy; returns a Keras model of logits.
+        recipe: a `configs.Recipe`.
+        steps_per_epoch: optimizer steps per epoch.
+        options: `RunOptions`.
+
+    Example:
+
+    >>> trainer = Trainer(tf.distribute.get_strategy(), build_model, recipe, 390,
+    ...                   RunOptions("runs/demo"))  # doctest: +SKIP
+    >>> metrics = trainer.fit(train_input, eval_input, config)  # doctest: +SKIP
+    """
+
+    def __init__(self, strategy, build_model, recipe, steps_per_epoch, options):
+        if not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
+            raise InputError(
+                f"must be a positive integer; got {steps_per_epoch!r} "
+                "(is the training set smaller than one batch?).", argument="steps_per_epoch",
+            )
+        if recipe.batch_size % strategy.num_replicas_in_sync:
+            raise InputError(
+                f"{recipe.batch_size} must be divisible by the "
+                f"{strategy.num_replicas_in_sync} replicas.", argument="batch_size",
+            )
+        self.strategy = strategy
+        self.recipe = recipe
+        self.steps_per_epoch = steps_per_epoch
+        self.options = options
+        self.build_model = build_model
+        self._float32_model = None
+        with dtype_policy(options.precision), strategy.scope():
+            self.model = build_model()
+            self.optimizer = build_optimizer(
+                recipe, learning_rate_schedule(recipe, steps_per_epoch), options.precision)
+            self.optimizer.build(self.model.trainable_variables)
+            num_classes = self.model.output_shape[-1]
+            self.train_metrics = _classification_metrics(num_classes)
+            self.eval_metrics = _classification_metrics(num_classes)
+        # The position in the recipe and the best validation metrics so far,
+        # saved with the weights.
+        self.steps_done = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.best = {"epoch": tf.Variable(-1, dtype=tf.int64, trainable=False)}
+        for metric in self.eval_metrics:
+            self.best[metric.name] = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+        self._forward_backward = tf.function(
+            self._forward_backward_fn, jit_compile=options.jit_compile
+        )
+        self._predict = tf.function(
+            lambda images: self.model(images, training=False),
+            jit_compile=options.jit_compile,
+            reduce_retracing=True,
+        )
+
+    @property
+    def learning_rate(self):
+        """The learning rate of the next step."""
+        return float(tf.convert_to_tensor(self.optimizer.learning_rate))
+
+    def position(self):
+        """Where the run is: steps done, epoch, step, learning rate."""
+        steps_done = int(self.steps_done.numpy())
+        epoch, step = divmod(steps_done, self.steps_per_epoch)
+        return {
+            "steps_done": steps_done, "epoch": epoch, "step": step,
+            "optimizer_iterations": int(self.optimizer.iterations.numpy()),
+            "learning_rate": self.learning_rate,
+        }
+
+    # Steps, per replica and distributed.
+
+    def _forward_backward_fn(self, images, labels):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(self.model(images, training=True), tf.float32)
+            per_example = keras.losses.sparse_categorical_crossentropy(
+                labels, logits, from_logits=True
+            )
+            loss = tf.nn.compute_average_loss(
+                per_example, global_batch_size=self.recipe.batch_size
+            )
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
+        return per_example, logits, gradients
+
+    def _replica_train_step(self, images, labels):
+        per_example, logits, gradients = self._forward_backward(images, labels)
+        self.optimizer.apply(gradients, self.model.trainable_variables)
+        _update_metrics(self.train_metrics, labels, logits, per_example)
+
+    @tf.function
+    def train_steps(self, iterator, num_steps):
+        """Runs `num_steps` (a scalar tensor) steps on a distributed iterator."""
+        for _ in tf.range(num_steps):
+            self.strategy.run(self._replica_train_step, args=next(iterator))
+
+    def _replica_eval_step(self, images, labels):
+        logits = tf.cast(self._predict(images), tf.float32)
+        per_example = keras.losses.sparse_categorical_crossentropy(
+            labels, logits, from_logits=True
+        )
+        _update_metrics(self.eval_metrics, labels, logits, per_example)
+
+    @tf.function
+    def _evaluate_batches(self, iterator, num_batches):
+        """Evaluates up to `num_batches` batches; returns how many there were."""
+        done = tf.constant(0)
+        for _ in tf.range(num_batches):
+            batch = iterator.get_next_as_optional()
+            if not batch.has_value():
+                break
+            self.strategy.run(self._replica_eval_step, args=batch.get_value())
+            done += 1
+        return done
+
+    def evaluate(self, eval_dataset, title="evaluation"):
+        """Loss, top-1 and top-5 accuracy over one pass of a distributed dataset."""
+        for metric in self.eval_metrics:
+            metric.reset_state()
+        progress = Progress(title, None, self.options.verbose, self.options.log_every)
+        chunk = tf.constant(max(self.options.steps_per_loop, 10))
+        batches = 0
+        with warnings.catch_warnings():
+            # Iterating a distributed dataset in a tf.function reads its
+            # options in graph mode, which TensorFlow warns about, harmlessly.
+            warnings.filterwarnings("ignore", message="To make it possible to preserve")
+            iterator = iter(eval_dataset)
+            while True:
+                done = int(self._evaluate_batches(iterator, chunk))
+                batches += done
+                if done < int(chunk):
+                    break
+                progress.update(batches, _results(self.eval_metrics))
+        progress.update(batches, _results(self.eval_metrics), finished=True)
+        return _results(self.eval_metrics)
+
+    # The loop.
+
+    def fit(self, train_input, eval_input, config, callbacks=()):
+        """Trains the recipe's epochs, evaluating after each; resumes if saved.
+
+        Writes into `options.run_dir` (on the chief; other workers of a
+        multi-worker run write the same files into
+        `run_dir/workers/<task>_<index>/`) the files that `run_config`
+        describes, each atomically. A run folder with a backup is resumed,
+        after checking that `config` matches its config.json.
+
+        Args:
+            train_input: `dataset_fn(input_context)` of endless training
+                batches of (images, int labels). An attribute `skipped`
+                (`image_data.SkippedImages`), where present, reports the
+                images the pipeline skipped.
+            eval_input: `dataset_fn(input_context)` of one pass over the
+                validation set; may have `skipped` too.
+            config: the run's `run_config.RunConfig`.
+            callbacks: `keras.callbacks.Callback`s, called with the model at
+                the start and end of training and of every epoch, and around
+                every call of the compiled loop (`steps_per_loop` steps; the
+                batch index is the step in the epoch). Setting
+                `model.stop_training = True` ends training after the epoch.
+
+        Returns:
+            The dict written to metrics.json.
+
+        Raises:
+            ResumeMismatchError: the run folder holds a run with other settings.
+            NonFiniteLossError: the loss or weights became NaN or infinite.
+        """
+        folder = run_config.RunFolder(worker_output_dir(self.strategy, self.options.run_dir))
+        chief_folder = run_config.RunFolder(self.options.run_dir)
+        resuming = _prepare_folder(folder, chief_folder, config, self.options.allow_changes)
+        checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, steps_done=self.steps_done,
+            **{f"best_{name}": variable for name, variable in self.best.items()},
+        )
+        backups = tf.train.CheckpointManager(checkpoint, folder.backup, max_to_keep=1)
+        log = RunLog(folder, self.position, self.options.verbose)
+        if resuming:
+            # Every worker resumes from the chief's backup.
+            self._restore(checkpoint, tf.train.latest_checkpoint(chief_folder.backup))
+        log.record("start", resumed=resuming, steps_per_epoch=self.steps_per_epoch,
+                   epochs=self.recipe.epochs)
+        if resuming and self.options.verbose:
+            position = self.position()
+            print(f"Resuming {self.options.run_dir} at epoch {position['epoch'] + 1}, step "
+                  f"{position['step']} ({position['steps_done']} steps done).", flush=True)
+        skipped = {"train": getattr(train_input, "skipped", None),
+                   "eval": getattr(eval_input, "skipped", None)}
+        self._run = _Run(folder, backups, log, skipped,
+                         keras.callbacks.CallbackList(list(callbacks), model=self.model))
+        started = time.time()
+        train_dataset = self.strategy.distribute_datasets_from_function(train_input)
+        eval_dataset = self.strategy.distribute_datasets_from_function(eval_input)
+        self.model.stop_training = False
+        self._run.callbacks.on_train_begin()
+        eval_logs = self._train_epochs(iter(train_dataset), eval_dataset)
+        metrics = {
+            "model": config.model,
+            "epochs": self.recipe.epochs,
+            "steps_done": int(self.steps_done.numpy()),
+            "final": eval_logs,
+            "best": {("epoch" if name == "epoch" else f"val_{name}"): variable.numpy().item()
+                     for name, variable in self.best.items()},
+            "skipped_images": {split: report.summary() for split, report in skipped.items()
+                               if report is not None},
+            "seconds": round(time.time() - started, 1),
+        }
+        self._run.callbacks.on_train_end(eval_logs)
+        files.write_json(folder.metrics, metrics)
+        if self.options.verbose:
+            print(f"Metrics written to {folder.metrics}", flush=True)
+        return metrics
+
+    def _restore(self, checkpoint, path):
+        try:
+            # expect_partial only silences warnings on exit; the assertion checks.
+            checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
+        except (AssertionError, ValueError):
+            raise InputError(
+                f"{self.options.run_dir} holds the backup of another model "
+                "(its variables do not match this one's); use a new run folder.",
+                argument="run_dir",
+            ) from None
+
+    def _train_epochs(self, iterator, eval_dataset):
+        run = self._run
+        start_epoch, start_step = divmod(int(self.steps_done.numpy()), self.steps_per_epoch)
+        eval_logs = None
+        for epoch in range(start_epoch, self.recipe.epochs):
+            first_step = start_step if epoch == start_epoch else 0
+            epoch_started = time.time()
+            run.callbacks.on_epoch_begin(epoch)
+            train_logs = self._train_epoch(epoch, first_step, iterator)
+            eval_logs = self.evaluate(eval_dataset)
+            self._report_skipped()
+            self._check_finite(eval_logs["loss"], "validation loss")
+            if eval_logs["top1"] > self.best["top1"].numpy():
+                self.best["epoch"].assign(epoch)
+                for name, value in eval_logs.items():
+                    self.best[name].assign(value)
+                self._save_best(run.folder.best_model)
+            run.log.epoch(epoch, self.steps_per_epoch - first_step, train_logs, eval_logs,
+                          time.time() - epoch_started, int(self.steps_done.numpy()),
+                          self.learning_rate)
+            self._save_backup()
+            run.callbacks.on_epoch_end(
+                epoch, {**train_logs, **{f"val_{k}": v for k, v in eval_logs.items()}})
+            if self.model.stop_training:
+                break
+        if eval_logs is None:  # restarted after the last epoch
+            eval_logs = self.evaluate(eval_dataset)
+        return eval_logs
+
+    def _train_epoch(self, epoch, step, iterator):
+        run = self._run
+        for metric in self.train_metrics:
+            metric.reset_state()
+        if self.options.verbose:
+            print(f"Epoch {epoch + 1}/{self.recipe.epochs}", flush=True)
+        progress = Progress(f"epoch {epoch + 1}/{self.recipe.epochs}", self.steps_per_epoch,
+                            self.options.verbose, self.options.log_every)
+        progress.update(step)
+        backup_every = self.options.backup_every
+        logs = _results(self.train_metrics)
+        while step < self.steps_per_epoch:
+            num_steps = min(
+                self.options.steps_per_loop,
+                self.steps_per_epoch - step,
+                backup_every - int(self.steps_done.numpy()) % backup_every,
+            )
+            run.callbacks.on_train_batch_begin(step)
+            self.train_steps(iterator, tf.constant(num_steps))
+            step += num_steps
+            self.steps_done.assign_add(num_steps)
+            logs = _results(self.train_metrics)
+            self._check_finite(logs["loss"], "training loss")
+            progress.update(step, logs, finished=step == self.steps_per_epoch)
+            self._report_skipped()
+            run.callbacks.on_train_batch_end(step - 1, logs)
+            # The end of an epoch saves after its evaluation.
+            if self.steps_done.numpy() % backup_every == 0 and step < self.steps_per_epoch:
+                self._save_backup()
+                run.log.record("backup")
+        return logs
+
+    def _report_skipped(self):
+        for split, report in self._run.skipped.items():
+            for name in report.new_names() if report is not None else ():
+                self._run.log.record("skipped_image", split=split, file=name)
+                if self.options.verbose:
+                    print(f"Skipped an undecodable {split} image: {name}", flush=True)
+
+    def _check_finite(self, value, what):
+        if math.isfinite(value):
+            return
+        position = self.position()
+        latest = tf.train.latest_checkpoint(self._run.folder.backup)
+        kept = (f"the last good backup ({_saved_steps(latest)} steps) is kept in "
+                f"{self._run.folder.backup}" if latest else "no backup had been saved")
+        self._run.log.record("stopped", reason=f"{what} {value}")
+        raise NonFiniteLossError(
+            f"the {what} became {value} at epoch {position['epoch'] + 1}, step "
+            f"{position['step']} (learning rate {position['learning_rate']:.4g}): training "
+            f"stopped and saved nothing; {kept}. Lower the learning rate or check the data."
+        )
+
+    def _check_finite_weights(self):
+        for variable in self.model.weights:
+            if not bool(tf.reduce_all(tf.math.is_finite(variable.value))):
+                self._check_finite(float("nan"), f"weight {variable.path}")
+
+    def _save_backup(self):
+        self._check_finite_weights()
+        self._run.backups.save(checkpoint_number=self.steps_done)
+
+    def _save_best(self, path):
+        """Saves the model to `path` atomically, in float32 whatever the precision."""
+        self._check_finite_weights()
+        model = self.model
+        if self.options.precision != "float32":
+            if self._float32_model is None:
+                with dtype_policy("float32"):
+                    self._float32_model = self.build_model()
+            model = self._float32_model
+            model.set_weights(self.model.get_weights())
+        files.save_model(model, path)
+
+
+@dataclasses.dataclass
+class _Run:
+    """The files and reporters of the run in progress."""
+
+    folder: run_config.RunFolder
+    backups: tf.train.CheckpointManager
+    log: RunLog
+    skipped: dict
+    callbacks: keras.callbacks.CallbackList
+
+
+def _prepare_folder(folder, chief_folder, config, allow_changes):
+    """Checks the run folder, compares a stored run, writes config.json.
+
+    Returns whether there is a backup to resume from.
+    """
+    blocking = _file_in_the_way(folder.path)
+    if blocking:
+        raise InputError(f"{blocking} is a file, not a folder.", argument="run_dir")
+    resuming = chief_folder.has_backup()
+    if resuming:
+        try:
+            stored = run_config.read_config(chief_folder.path)
+        except InputError as error:
+            raise InputError(str(error), argument="run_dir") from None
+        if stored is not None:
+            _check_resumable(stored, config, chief_folder.path, allow_changes)
+    files.remove_temporaries(folder.path)
+    try:
+        run_config.write_config(folder.path, config)
+    except (OSError, tf.errors.OpError) as error:
+        raise InputError(f"cannot write to {folder.path} ({describe_error(error)}).",
+                         argument="run_dir") from None
+    return resuming
+
+
+def _file_in_the_way(path):
+    """The file at `path` or at one of its parent folders, if any."""
+    while path and path not in ("/", "."):
+        if tf.io.gfile.exists(path):
+            return None if tf.io.gfile.isdir(path) else path
+        parent = os.path.dirname(path.rstrip("/"))
+        if parent == path:
+            return None
+        path = parent
+    return None
+
+
+def _check_resumable(stored, config, run_dir, allow_changes):
+    differences = stored.differences(config)
+    refused = [difference for difference in differences
+               if not (allow_changes and difference[0] in run_config.SAFE_CHANGES)]
+    if not refused:
+        return
+    listing = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in refused)
+    raise ResumeMismatchError(
+        f"{run_dir} holds a run with other settings (stored -> given): {listing}.",
+        run_dir, refused,
+    )
+
+
+def _saved_steps(path):
+    return int(tf.train.load_checkpoint(path).get_tensor(
+        "steps_done/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def _classification_metrics(num_classes):
+    metrics = [keras.metrics.Mean(name="loss"),
+               keras.metrics.SparseCategoricalAccuracy(name="top1")]
+    if num_classes > 5:
+        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"))
+    return metrics
+
+
+def _update_metrics(metrics, labels, logits, per_example_loss):
+    loss, *accuracies = metrics
+    loss.update_state(per_example_loss)
+    for accuracy in accuracies:
+        accuracy.update_state(labels, logits)
+
+
+def _results(metrics):
+    return {metric.name: float(metric.result()) for metric in metrics}
