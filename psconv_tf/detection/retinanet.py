@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from psconv_tf.detection import evaluation
 from psconv_tf.hub import PSResNetBackbone
+from psconv_tf.training.optimizer import CoupledWeightDecaySGD
 
 TORCH_SUFFIXES = (".pth", ".pt")
 OPTIMIZERS = ("sgd", "adam")
@@ -65,18 +66,17 @@ class Schedule:
         )
 
     def optimizer(self, global_batch_size, steps_per_epoch):
-        """SGD (the recipe) or AdamW (for short runs from scratch), the
-        weight decay decoupled (w -= lr * wd * w), which for SGD differs from
-        PyTorch's coupled L2 only through the momentum."""
+        """SGD with PyTorch's coupled weight decay (the recipe), or AdamW
+        (decoupled decay; for short runs from scratch)."""
         rate = self.learning_rate(global_batch_size, steps_per_epoch)
         if self.optimizer_name == "adam":
             return keras.optimizers.AdamW(
                 rate, weight_decay=self.weight_decay, global_clipnorm=self.clip_norm
             )
-        return keras.optimizers.SGD(
+        return CoupledWeightDecaySGD(
             rate,
             momentum=self.momentum,
-            weight_decay=self.weight_decay,
+            coupled_weight_decay=self.weight_decay,
             global_clipnorm=self.clip_norm,
         )
 
@@ -159,9 +159,9 @@ def load_backbone_weights(backbone, source, masked="error"):
             )
         load_torch(backbone, source, strict=False, masked=masked)
         return
-    from psconv_tf import export
+    from psconv_tf.export.sources import load_model
 
-    model = export.load_model(source)
+    model = load_model(source)
     layers = {layer.name: layer for layer in model.layers}
     for layer in backbone.layers:
         if not layer.weights:
