@@ -116,3 +116,17 @@ def test_coco_script_runs_end_to_end(tmp_path):
     bad = subprocess.run(command[:-2] + ["--run-dir", str(run_dir), "--milestones", "5"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--milestones" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_backbone_weights_from_a_keras_file(tmp_path):
+    from psconv_tf import models
+
+    zoo = models.get("ps_resnet18", input_shape=(SIZE, SIZE, 3), num_classes=3)
+    zoo.save(tmp_path / "zoo.keras")
+    backbone = hub.PSResNetBackbone.from_zoo("ps_resnet18", image_shape=(SIZE, SIZE, 3))
+    retinanet.load_backbone_weights(backbone, tmp_path / "zoo.keras")
+    features = keras.Model(zoo.inputs, zoo.get_layer("layer4_1_out").output)
+    np.testing.assert_array_equal(backbone(_images()), features(_images()))
+    other = hub.PSResNetBackbone.from_zoo("ps_resnet34", image_shape=(SIZE, SIZE, 3))
+    with pytest.raises(ValueError, match="no layer 'layer1_2_conv1'"):
+        retinanet.load_backbone_weights(other, tmp_path / "zoo.keras")

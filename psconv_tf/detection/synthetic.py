@@ -1,4 +1,5 @@
-"""A generated detection and segmentation data set in COCO format.
+"""A generated detection and segmentation data set in COCO format
+(`python -m psconv_tf.detection.synthetic DIR --help`).
 
 Three classes of solid shapes (square, disc, triangle) in random colours,
 from 10 to 110 pixels across (COCO's small, medium and large), on textured
@@ -126,3 +127,31 @@ def _write_bytes(data, path):
     with open(temporary, "wb") as file:
         file.write(data)
     os.replace(temporary, path)
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Writes the generated shapes data set (COCO JSON, JPEG images, PNG masks)."
+    )
+    parser.add_argument("directory", help="output folder")
+    parser.add_argument("--train-images", type=int, default=400, help="default 400")
+    parser.add_argument("--val-images", type=int, default=100, help="default 100")
+    parser.add_argument("--image-size", type=int, default=192, help="image side; default 192")
+    parser.add_argument("--max-objects", type=int, default=4, help="objects per image, at most; default 4")
+    parser.add_argument("--min-size", type=int, default=10, help="smallest object side; default 10")
+    parser.add_argument("--max-size", type=int, default=110, help="largest object side; default 110")
+    parser.add_argument("--seed", type=int, default=0, help="default 0")
+    args = parser.parse_args(argv)
+    try:
+        paths = generate(args.directory, args.train_images, args.val_images, args.image_size,
+                         args.max_objects, args.min_size, args.max_size, args.seed)
+    except ValueError as error:
+        parser.error(str(error))
+    for split, (annotations, images, masks) in paths.items():
+        print(f"{split}: {annotations} {images} {masks}")
+
+
+if __name__ == "__main__":
+    main()
