@@ -1,6 +1,7 @@
 """keras-hub classes of the zoo: presets round trip exactly, dtype reaches
 every layer, keras-hub backbones convert, load_torch output saves as a preset."""
 
+import doctest
 import os
 
 import keras
@@ -155,3 +156,8 @@ def test_zoo_names_build(name):
     backbone = hub.PSResNetBackbone.from_zoo(name)
     zoo = models.get(name, include_top=False)
     assert backbone.count_params() == zoo.count_params()
+
+
+def test_docstring_examples():
+    result = doctest.testmod(hub, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

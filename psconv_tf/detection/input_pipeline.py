@@ -148,8 +148,12 @@ def resize_and_flip(example, config, training, seed=None):
 
 def batched(examples, config, batch_size, training, shuffle_buffer=1000, seed=None):
     """Resized, (shuffled,) padded batches: images zero-padded to the
-    canvas, boxes and labels with -1 to the batch's largest count."""
+    canvas, boxes and labels with -1 to the batch's largest count; for
+    training, images without objects are left out."""
     if training:
+        # Images without objects teach nothing and, batched together, leave
+        # the label encoder no boxes at all (mmdet's filter_empty_gt).
+        examples = examples.filter(lambda example: tf.size(example["labels"]) > 0)
         examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = examples.map(
         lambda example: resize_and_flip(example, config, training, seed),
