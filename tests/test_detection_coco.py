@@ -172,3 +172,18 @@ def test_resize_and_flip_move_boxes_with_the_pixels():
         x0, y0, x1, y1 = np.asarray(target["boxes"][0]).round().astype(int)
         assert bright[y0 + 1:y1 - 1, x0 + 1:x1 - 1].all()
         assert bright.sum() <= (x1 - x0 + 2) * (y1 - y0 + 2)
+
+
+def test_training_batches_leave_out_images_without_objects(tmp_path):
+    document = _document(
+        images=[dict(id=1, file_name="a.jpg", height=48, width=64),
+                dict(id=2, file_name="b.jpg", height=48, width=64)],
+    )
+    data = read_coco(_write(tmp_path, document, images=("a.jpg", "b.jpg")), tmp_path)
+    config = input_pipeline.InputConfig(min_size=32, max_size=64, size_divisor=32)
+    examples = input_pipeline.coco_examples(data)
+    (images, target), = input_pipeline.batched(examples, config, 2, training=False).take(1)
+    assert sorted(np.asarray(target["image_id"]).tolist()) == [1, 2]  # evaluation keeps all
+    assert images.shape == (2, 64, 64, 3)
+    (_, target), = input_pipeline.batched(examples, config, 1, training=True).take(1)
+    assert np.asarray(target["image_id"]).tolist() == [1]
