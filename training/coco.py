@@ -53,7 +53,8 @@ def build_parser():
     model.add_argument("--head-convs", type=cli.positive_int, default=4,
                        help="3x3 convs of each RetinaNet head before its output; default 4")
     recipe = parser.add_argument_group("recipe (the 1x schedule)")
-    recipe.add_argument("--epochs", type=cli.positive_int, default=12, help="default 12")
+    recipe.add_argument("--epochs", type=cli.positive_int, default=12,
+                        help="training epochs; default 12")
     recipe.add_argument("--milestones", type=cli.int_list, default=(8, 11),
                         help="epochs at which the learning rate drops 10x; default 8,11")
     recipe.add_argument("--batch-size", type=cli.positive_int, default=16,
