@@ -135,3 +135,30 @@ def test_backbone_weights_from_a_keras_file(tmp_path):
     other = hub.PSResNetBackbone.from_zoo("ps_resnet34", image_shape=(SIZE, SIZE, 3))
     with pytest.raises(ValueError, match="no layer 'layer1_2_conv1'"):
         retinanet.load_backbone_weights(other, tmp_path / "zoo.keras")
+
+
+def test_segmentation_example_trains_on_generated_files(tmp_path):
+    paths = synthetic.generate(tmp_path, train_images=4, val_images=2, image_size=SIZE,
+                               min_size=8, max_size=30)
+    _, image_dir, mask_dir = paths["train"]
+    batches = segmentation.dataset(image_dir, mask_dir, SIZE, 2, training=True)
+    images, masks = next(iter(batches))
+    assert images.shape == (2, SIZE, SIZE, 3) and masks.shape == (2, SIZE, SIZE, 1)
+    assert set(np.unique(masks)) <= set(range(segmentation.NUM_CLASSES))
+    segmenter = segmentation.build_segmenter(
+        hub.PSResNetBackbone(**TINY, image_shape=(SIZE, SIZE, 3)))
+    segmenter.compile(optimizer="adam",
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    segmenter.fit(batches, epochs=1, verbose=0)  # the file pipeline, statically shaped
+    assert 0.0 <= segmentation.mean_iou(segmenter, batches) <= 1.0
+
+
+def test_mean_iou_against_counts():
+    class Constant:  # predicts class 1 everywhere
+        def __call__(self, images, training=False):
+            return np.eye(3)[np.ones(images.shape[:3], int)]
+
+    masks = np.array([[[[1], [1]], [[0], [2]]]])
+    # class 0: I 0 / U 1; class 1: I 2 / U 4; class 2: I 0 / U 1 -> (0 + 0.5 + 0) / 3.
+    iou = segmentation.mean_iou(Constant(), [(np.zeros((1, 2, 2, 3)), masks)], num_classes=3)
+    assert iou == pytest.approx(0.5 / 3)

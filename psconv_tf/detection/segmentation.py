@@ -39,9 +39,10 @@ def build_segmenter(backbone, num_classes=NUM_CLASSES):
     return keras_hub.models.DeepLabV3ImageSegmenter(backbone=deeplab, num_classes=num_classes)
 
 
-def dataset(image_dir, mask_dir, batch_size, training, seed=0):
-    """(normalized image, mask) batches of the generated JPEG/PNG pairs,
-    randomly flipped for training."""
+def dataset(image_dir, mask_dir, image_size, batch_size, training, seed=0):
+    """(normalized image, mask) batches of the JPEG/PNG pairs, resized to
+    image_size x image_size (masks by nearest neighbour) and randomly flipped
+    for training; DeepLabV3's upsampling needs the static size."""
     images = sorted(glob.glob(os.path.join(image_dir, "*.jpg")))
     masks = [os.path.join(mask_dir, os.path.basename(p)[:-4] + ".png") for p in images]
     missing = [m for m in masks if not os.path.isfile(m)]
@@ -53,6 +54,8 @@ def dataset(image_dir, mask_dir, batch_size, training, seed=0):
     def load(image_path, mask_path):
         image = tf.cast(tf.io.decode_jpeg(tf.io.read_file(image_path), channels=3), tf.float32)
         mask = tf.io.decode_png(tf.io.read_file(mask_path), channels=1)
+        image = tf.image.resize(image, (image_size, image_size))
+        mask = tf.image.resize(mask, (image_size, image_size), method="nearest")
         if training:
             flip = tf.random.uniform([], seed=seed) < 0.5
             image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
@@ -86,7 +89,7 @@ def main(argv=None):
                         help="folder of the generated data (written if absent)")
     parser.add_argument("--model", default="resnet18", help="zoo backbone name")
     parser.add_argument("--image-size", type=int, default=128,
-                        help="side of generated images (when generating)")
+                        help="side the images are resized to (and generated at)")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs")
     parser.add_argument("--batch-size", type=int, default=16, help="batch size")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
@@ -99,8 +102,9 @@ def main(argv=None):
     paths = {split: (os.path.join(args.data_dir, split), os.path.join(args.data_dir, split + "_masks"))
              for split in ("train", "val")}
     try:
-        train = dataset(*paths["train"], args.batch_size, training=True, seed=args.seed)
-        val = dataset(*paths["val"], args.batch_size, training=False)
+        train = dataset(*paths["train"], args.image_size, args.batch_size, training=True,
+                        seed=args.seed)
+        val = dataset(*paths["val"], args.image_size, args.batch_size, training=False)
     except FileNotFoundError as error:
         sys.exit(f"segmentation: error: {error}")
     size = args.image_size
