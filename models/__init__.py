@@ -106,6 +106,19 @@ def list_models():
     return sorted(_REGISTRY)
 
 
+def architecture(name):
+    """The `ResNet` arguments that define `name` (e.g. "ps_resnet50"): a new
+    dict with `stages`, `conv` and, where not the default, `block`, `stem`,
+    `groups`, ... (num_classes only for CIFAR models)."""
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"Unknown model {name!r}. Valid names: {', '.join(list_models())}."
+        )
+    base = name.removeprefix("ps_")
+    conv = "psconv" if name.startswith("ps_") else "standard"
+    return dict(_ARCHITECTURES[base], conv=conv)
+
+
 def get(name, **kwargs):
     """Builds the registered model `name` (see `list_models()`).
 
@@ -113,7 +126,8 @@ def get(name, **kwargs):
         name: e.g. "resnet50", "ps_resnet50" or "dps_resnet50".
         **kwargs: arguments of `ResNet` (include_top, num_classes,
             input_shape, pooling, feature_maps, weights, pattern, cyclic,
-            dilation_rate, name, ...). The conv type comes from the name.
+            dilation_rate, frozen_stages, norm_eval, dtype, name, ...). The
+            conv type comes from the name.
     """
     if name not in _REGISTRY:
         raise ValueError(

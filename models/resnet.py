@@ -58,6 +58,9 @@ def ResNet(
     pooling=None,
     feature_maps=False,
     weights=None,
+    frozen_stages=-1,
+    norm_eval=False,
+    dtype=None,
     name="resnet",
 ):
     """Builds a residual network from a table of stages.
@@ -90,6 +93,17 @@ def ResNet(
             "C5": stride 32} for the ImageNet stem ({"C0", "C1", "C2"} for
             the CIFAR stem), for detection necks such as FPN.
         weights: `None` or the path of a weights file (`.weights.h5`).
+        frozen_stages: -1 (nothing frozen), 0 (the stem) or k >= 1 (the stem
+            and stages 1..k) made not trainable, their BatchNorm layers
+            included (which then normalize with their moving statistics), as
+            detection fine-tuning does (mmdet's `frozen_stages`). Setting
+            `model.trainable = True` afterwards unfreezes them.
+        norm_eval: if True, every BatchNorm layer normalizes with its moving
+            statistics and never updates them, also in training, while its
+            scale and offset still train (mmdet's `norm_eval`): for the small
+            per-device batches of detection.
+        dtype: dtype policy of every layer (e.g. "bfloat16",
+            "mixed_float16"); None for the global policy.
         name: model name.
 
     Returns:
@@ -123,6 +137,21 @@ def ResNet(
             "Argument `num_classes` must be a positive integer. "
             f"Received: num_classes={num_classes!r}"
         )
+    if (
+        not isinstance(frozen_stages, int)
+        or isinstance(frozen_stages, bool)
+        or not -1 <= frozen_stages <= len(stages)
+    ):
+        raise ValueError(
+            f"Argument `frozen_stages` must be an integer from -1 to {len(stages)} "
+            f"(the number of stages). Received: frozen_stages={frozen_stages!r}"
+        )
+    if not isinstance(norm_eval, bool):
+        raise ValueError(
+            f"Argument `norm_eval` must be a bool. Received: norm_eval={norm_eval!r}"
+        )
+    if dtype is not None:
+        dtype = keras.dtype_policies.get(dtype)
     if input_shape is None:
         input_shape = (224, 224, 3) if stem == "imagenet" else (32, 32, 3)
     psconv = dict(pattern=pattern, cyclic=cyclic, dilation_rate=dilation_rate)
@@ -166,9 +195,55 @@ def ResNet(
     else:
         outputs = x
     model = keras.Model(inputs, outputs, name=name)
+    if dtype is not None or norm_eval:
+        model = _rebuilt(model, dtype, norm_eval)
+    _freeze(model, frozen_stages)
     if weights is not None:
         model.load_weights(weights)
     return model
+
+
+@keras.saving.register_keras_serializable(package="psconv_tf")
+class FrozenStatisticsBatchNormalization(keras.layers.BatchNormalization):
+    """BatchNormalization that always normalizes with its moving statistics
+    and never updates them; gamma and beta still train (`norm_eval`)."""
+
+    def call(self, inputs, training=None, mask=None):
+        return super().call(inputs, training=False, mask=mask)
+
+
+def _rebuilt(model, dtype, norm_eval):
+    """`model` with every layer in the policy `dtype` (if not None) and, with
+    `norm_eval`, FrozenStatisticsBatchNormalization for BatchNormalization:
+    one rewrite of the finished graph, so the builders stay policy-free."""
+
+    def clone(layer):
+        config = layer.get_config()
+        if dtype is not None:
+            config["dtype"] = dtype
+        if norm_eval and type(layer) is keras.layers.BatchNormalization:
+            return FrozenStatisticsBatchNormalization.from_config(config)
+        return layer.__class__.from_config(config)
+
+    (image,) = model.inputs
+    inputs = keras.Input(batch_shape=image.shape, name=image._keras_history.operation.name)
+    return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
+
+
+def stage_of(layer_name):
+    """The stage index of a zoo layer: 0 for the stem, k for `layerk_*`, None
+    for the head (avgpool, fc)."""
+    prefix = layer_name.split("_", 1)[0]
+    if prefix.startswith("layer") and prefix[5:].isdigit():
+        return int(prefix[5:])
+    return None if layer_name in ("avgpool", "fc") else 0
+
+
+def _freeze(model, frozen_stages):
+    for layer in model.layers:
+        stage = stage_of(layer.name)
+        if stage is not None and stage <= frozen_stages:
+            layer.trainable = False
 
 
 def _stem(x, stem, filters):

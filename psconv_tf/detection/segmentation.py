@@ -1,0 +1,122 @@
+"""A small semantic segmentation example: keras-hub's DeepLabV3 on a zoo
+backbone, trained on the generated shapes (`synthetic.generate`), scored by
+mean IoU.
+
+    python -m psconv_tf.detection.segmentation --data-dir data/shapes \
+        --model resnet18 --epochs 8
+"""
+
+import argparse
+import glob
+import os
+import sys
+
+import keras
+import keras_hub
+import numpy as np
+import tensorflow as tf
+
+from psconv_tf.detection import input_pipeline
+from psconv_tf.detection import synthetic
+from psconv_tf.hub import PSResNetBackbone
+
+NUM_CLASSES = len(synthetic.CLASSES) + 1  # and the background
+
+
+def build_segmenter(backbone, num_classes=NUM_CLASSES):
+    """DeepLabV3+ (ASPP on P5 at rates 6/12/18, decoder on P2) on `backbone`,
+    a `PSResNetBackbone` or zoo name."""
+    if isinstance(backbone, str):
+        backbone = PSResNetBackbone.from_zoo(backbone)
+    deeplab = keras_hub.models.DeepLabV3Backbone(
+        image_encoder=backbone,
+        spatial_pyramid_pooling_key="P5",
+        low_level_feature_key="P2",
+        upsampling_size=8,
+        dilation_rates=[6, 12, 18],
+        image_shape=backbone.image_shape,
+    )
+    return keras_hub.models.DeepLabV3ImageSegmenter(backbone=deeplab, num_classes=num_classes)
+
+
+def dataset(image_dir, mask_dir, image_size, batch_size, training, seed=0):
+    """(normalized image, mask) batches of the JPEG/PNG pairs, resized to
+    image_size x image_size (masks by nearest neighbour) and randomly flipped
+    for training; DeepLabV3's upsampling needs the static size."""
+    images = sorted(glob.glob(os.path.join(image_dir, "*.jpg")))
+    masks = [os.path.join(mask_dir, os.path.basename(p)[:-4] + ".png") for p in images]
+    missing = [m for m in masks if not os.path.isfile(m)]
+    if not images or missing:
+        raise FileNotFoundError(
+            f"{image_dir}: {'no .jpg images' if not images else f'no mask {missing[0]}'}"
+        )
+
+    def load(image_path, mask_path):
+        image = tf.cast(tf.io.decode_jpeg(tf.io.read_file(image_path), channels=3), tf.float32)
+        mask = tf.io.decode_png(tf.io.read_file(mask_path), channels=1)
+        image = tf.image.resize(image, (image_size, image_size))
+        mask = tf.image.resize(mask, (image_size, image_size), method="nearest")
+        if training:
+            flip = tf.random.uniform([], seed=seed) < 0.5
+            image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+            mask = tf.cond(flip, lambda: tf.reverse(mask, [1]), lambda: mask)
+        image = (image - input_pipeline.IMAGENET_MEAN) / input_pipeline.IMAGENET_STD
+        return image, mask
+
+    data = tf.data.Dataset.from_tensor_slices((images, masks))
+    if training:
+        data = data.shuffle(len(images), seed=seed)
+    data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return data.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+
+def mean_iou(segmenter, batches, num_classes=NUM_CLASSES):
+    """Mean over classes of intersection / union of predicted and true masks."""
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    for images, masks in batches:
+        predicted = np.argmax(segmenter(images, training=False), axis=-1).ravel()
+        truth = np.asarray(masks).ravel()
+        confusion += np.bincount(truth * num_classes + predicted,
+                                 minlength=num_classes**2).reshape(num_classes, num_classes)
+    intersection = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    return float(np.mean(intersection[union > 0] / union[union > 0]))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True,
+                        help="folder of the generated data (written if absent)")
+    parser.add_argument("--model", default="resnet18", help="zoo backbone name")
+    parser.add_argument("--image-size", type=int, default=128,
+                        help="side the images are resized to (and generated at)")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs")
+    parser.add_argument("--batch-size", type=int, default=16, help="batch size")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    args = parser.parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
+    if not os.path.isdir(os.path.join(args.data_dir, "train")):
+        synthetic.generate(args.data_dir, image_size=args.image_size,
+                           max_size=int(args.image_size * 0.55), min_size=8)
+    paths = {split: (os.path.join(args.data_dir, split), os.path.join(args.data_dir, split + "_masks"))
+             for split in ("train", "val")}
+    try:
+        train = dataset(*paths["train"], args.image_size, args.batch_size, training=True,
+                        seed=args.seed)
+        val = dataset(*paths["val"], args.image_size, args.batch_size, training=False)
+    except FileNotFoundError as error:
+        sys.exit(f"segmentation: error: {error}")
+    size = args.image_size
+    segmenter = build_segmenter(PSResNetBackbone.from_zoo(args.model, image_shape=(size, size, 3)))
+    segmenter.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    before = mean_iou(segmenter, val)
+    segmenter.fit(train, epochs=args.epochs, verbose=2)
+    print(f"mean IoU on val: {before:.3f} before training, {mean_iou(segmenter, val):.3f} after")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Image converter of `PSResNetBackbone` presets (resize, rescale)."""
+
+import keras
+from keras_hub.layers import ImageConverter
+
+from psconv_tf.hub.backbone import PSResNetBackbone
+
+# The zoo's ImageNet statistics, of images in [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@keras.saving.register_keras_serializable(package="psconv_tf")
+class PSResNetImageConverter(ImageConverter):
+    """keras-hub's `ImageConverter` (optional resize, then x * scale +
+    offset), tied to `PSResNetBackbone`."""
+
+    backbone_cls = PSResNetBackbone
+
+    @classmethod
+    def imagenet(cls, image_size=None, **kwargs):
+        """The zoo's input convention: pixels in [0, 255] to
+        (x / 255 - mean) / std with ImageNet's mean and std."""
+        return cls(
+            image_size=image_size,
+            scale=[1.0 / (255.0 * s) for s in IMAGENET_STD],
+            offset=[-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
+            **kwargs,
+        )
