@@ -3,17 +3,12 @@
 import keras
 
 from psconv_tf.dynamic_ps_conv2d import DynamicPSConv2D
+from psconv_tf.inspection import ps_layers
 
 
 def dynamic_layers(model):
     """Every DynamicPSConv2D of `model`, nested models included, in order."""
-    layers = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            layers += dynamic_layers(layer)
-        elif isinstance(layer, DynamicPSConv2D):
-            layers.append(layer)
-    return layers
+    return [layer for layer in ps_layers(model) if isinstance(layer, DynamicPSConv2D)]
 
 
 def rate_shares(model):
