@@ -10,7 +10,6 @@ import tensorflow as tf
 import torch
 
 import training_helpers
-from psconv_tf import PSConv2D
 from psconv_tf.training import configs
 from psconv_tf.training import optimizer as optimizers
 from psconv_tf.training import schedules
@@ -148,25 +147,8 @@ def test_unknown_precision_names_the_argument():
 BATCH, STEPS = 16, 3
 
 
-def _tiny_model(pattern=(1, 2, 1, 4)):
-    inputs = keras.Input((8, 8, 8))
-    x = PSConv2D(8, 3, padding="same", pattern=pattern, name="psconv")(inputs)
-    x = keras.layers.ReLU()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(6, name="fc")(x))
-
-
 def _dataset_fn(training):
-    rng = np.random.default_rng(3)
-    images = rng.normal(size=(BATCH * STEPS, 8, 8, 8)).astype("float32")
-    labels = rng.integers(0, 6, BATCH * STEPS).astype("int32")
-
-    def dataset_fn(context):
-        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-        dataset = dataset.repeat() if training else dataset
-        return dataset.batch(context.get_per_replica_batch_size(BATCH), drop_remainder=training)
-
-    return dataset_fn
+    return training_helpers.tiny_dataset_fn(training, BATCH, STEPS)
 
 
 def _train(strategy, run_dir, pattern=(1, 2, 1, 4), **options):
@@ -174,7 +156,7 @@ def _train(strategy, run_dir, pattern=(1, 2, 1, 4), **options):
     recipe = dataclasses.replace(configs.IMAGENET, epochs=1, batch_size=BATCH,
                                  reference_batch_size=BATCH, weight_decay=1e-2)
     trainer = trainer_lib.Trainer(
-        strategy, lambda: _tiny_model(pattern), recipe, STEPS,
+        strategy, lambda: training_helpers.tiny_classifier(pattern), recipe, STEPS,
         trainer_lib.RunOptions(str(run_dir), verbose=0, **options),
     )
     initial = trainer.model.get_weights()
@@ -232,5 +214,5 @@ def test_batch_must_split_evenly_between_replicas(tmp_path):
     devices = [device.name for device in tf.config.list_logical_devices("CPU")]
     recipe = dataclasses.replace(configs.IMAGENET, batch_size=15)
     with pytest.raises(InputError, match="15 must be divisible by the 2 replicas"):
-        trainer_lib.Trainer(tf.distribute.MirroredStrategy(devices), _tiny_model, recipe, 3,
+        trainer_lib.Trainer(tf.distribute.MirroredStrategy(devices), training_helpers.tiny_classifier, recipe, 3,
                           trainer_lib.RunOptions(str(tmp_path)))

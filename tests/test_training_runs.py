@@ -15,7 +15,6 @@ import pytest
 import tensorflow as tf
 
 import training_helpers
-from psconv_tf import PSConv2D
 from psconv_tf.training import configs
 from psconv_tf.training import files
 from psconv_tf.training.errors import NonFiniteLossError
@@ -31,29 +30,13 @@ RECIPE = dataclasses.replace(configs.IMAGENET, epochs=2, batch_size=BATCH,
                              reference_batch_size=BATCH)
 
 
-def _tiny_model():
-    inputs = keras.Input((8, 8, 8))
-    x = PSConv2D(8, 3, padding="same", name="psconv")(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
-    return keras.Model(inputs, keras.layers.Dense(6, name="fc")(x))
-
-
 def _dataset_fn(training):
-    rng = np.random.default_rng(3)
-    images = rng.normal(size=(BATCH * STEPS, 8, 8, 8)).astype("float32")
-    labels = rng.integers(0, 6, BATCH * STEPS).astype("int32")
-
-    def dataset_fn(context):
-        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-        dataset = dataset.repeat() if training else dataset
-        return dataset.batch(context.get_per_replica_batch_size(BATCH), drop_remainder=training)
-
-    return dataset_fn
+    return training_helpers.tiny_dataset_fn(training, BATCH, STEPS)
 
 
 def _fit(run_dir, recipe=RECIPE, callbacks=(), **options):
     keras.utils.set_random_seed(1)
-    trainer = Trainer(tf.distribute.get_strategy(), _tiny_model, recipe, STEPS,
+    trainer = Trainer(tf.distribute.get_strategy(), training_helpers.tiny_classifier, recipe, STEPS,
                       RunOptions(str(run_dir), **{"verbose": 0, **options}))
     metrics = trainer.fit(_dataset_fn(True), _dataset_fn(False),
                           training_helpers.tiny_run_config(recipe), callbacks=callbacks)
@@ -157,7 +140,7 @@ def test_leftover_temporaries_are_removed_on_resume(tmp_path):
 
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])
 def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch, failure):
-    model = _tiny_model()
+    model = training_helpers.tiny_classifier()
     path = str(tmp_path / "best.keras")
     files.save_model(model, path)
     previous = open(path, "rb").read()
@@ -237,7 +220,7 @@ class _HingeTrainer(Trainer):
 
 def test_a_subclass_can_change_the_loss_and_metrics(tmp_path):
     keras.utils.set_random_seed(1)
-    trainer = _HingeTrainer(tf.distribute.get_strategy(), _tiny_model,
+    trainer = _HingeTrainer(tf.distribute.get_strategy(), training_helpers.tiny_classifier,
                             dataclasses.replace(RECIPE, epochs=1), STEPS,
                             RunOptions(str(tmp_path), verbose=0))
     metrics = trainer.fit(_dataset_fn(True), _dataset_fn(False),

@@ -108,3 +108,32 @@ def tiny_run_config(recipe, model="tiny", **fields):
     return RunConfig(model=model, num_classes=6, image_size=8, channels=8, recipe=recipe,
                      dataset="generated", preprocessing=Preprocessing((0.0,), (1.0,)),
                      **fields)
+
+
+def tiny_classifier(pattern=(1, 2, 1, 4)):
+    """One PSConv2D and a Dense head over 8x8x8 inputs, 6 classes."""
+    import keras
+
+    from psconv_tf import PSConv2D
+
+    inputs = keras.Input((8, 8, 8))
+    x = PSConv2D(8, 3, padding="same", pattern=pattern, name="psconv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    return keras.Model(inputs, keras.layers.Dense(6, name="fc")(x))
+
+
+def tiny_dataset_fn(training, batch, steps):
+    """A `dataset_fn` of batch * steps random examples for `tiny_classifier`:
+    repeated for training, once for evaluation."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(batch * steps, 8, 8, 8)).astype("float32")
+    labels = rng.integers(0, 6, batch * steps).astype("int32")
+
+    def dataset_fn(context):
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        dataset = dataset.repeat() if training else dataset
+        return dataset.batch(context.get_per_replica_batch_size(batch), drop_remainder=training)
+
+    return dataset_fn
