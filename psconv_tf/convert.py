@@ -3,6 +3,7 @@
 import keras
 
 from psconv_tf import lattice
+from psconv_tf.inspection import layers_of
 from psconv_tf.native_conv import NativeConv2D
 from psconv_tf.ps_conv2d import PSConv2D
 
@@ -94,13 +95,7 @@ def _is_graph_model(model):
 
 def _conv2d_layers(model):
     """The `Conv2D` layers of `model` and of the models nested in it."""
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            found += _conv2d_layers(layer)
-        elif type(layer) in PLAIN_CONVS:
-            found.append(layer)
-    return found
+    return [layer for layer in layers_of(model) if type(layer) in PLAIN_CONVS]
 
 
 def _check_some_chosen(model, predicate, pattern, cyclic):

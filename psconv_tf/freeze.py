@@ -5,6 +5,7 @@ import keras
 from psconv_tf.convert import _inputs_like
 from psconv_tf.convert import _is_graph_model
 from psconv_tf.dynamic_ps_conv2d import DynamicPSConv2D
+from psconv_tf.inspection import layers_of
 from psconv_tf.ps_conv2d import PSConv2D
 
 # Arguments of DynamicPSConv2D that PSConv2D does not take.
@@ -33,7 +34,7 @@ def freeze(model):
         ValueError: for a subclassed model with dynamic layers, or a dynamic
             layer that cannot be frozen (its name and the reason).
     """
-    if not _has_dynamic_layers(model):
+    if not any(isinstance(layer, DynamicPSConv2D) for layer in layers_of(model)):
         return model
     if not _is_graph_model(model):
         raise ValueError(
@@ -100,10 +101,3 @@ def _copy_weights(source, target, frozen):
         elif old.weights:
             new.set_weights(old.get_weights())
 
-
-def _has_dynamic_layers(model):
-    return any(
-        isinstance(layer, DynamicPSConv2D)
-        or (isinstance(layer, keras.Model) and _has_dynamic_layers(layer))
-        for layer in getattr(model, "layers", [])
-    )

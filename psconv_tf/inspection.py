@@ -7,15 +7,19 @@ from psconv_tf.dynamic_ps_conv2d import DynamicPSConv2D
 from psconv_tf.ps_conv2d import PSConv2D
 
 
+def layers_of(model):
+    """Every layer of `model` that is not a model, nested models included, in
+    order (nothing for an object without layers)."""
+    for layer in getattr(model, "layers", ()):
+        if isinstance(layer, keras.Model):
+            yield from layers_of(layer)
+        else:
+            yield layer
+
+
 def ps_layers(model):
     """Every PSConv2D of `model`, nested models included, in order."""
-    layers = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            layers += ps_layers(layer)
-        elif isinstance(layer, PSConv2D):
-            layers.append(layer)
-    return layers
+    return [layer for layer in layers_of(model) if isinstance(layer, PSConv2D)]
 
 
 def summary(model, print_fn=print):

@@ -401,11 +401,9 @@ class PSConv2D(keras.layers.Layer):
             length = shape[axis]
             if length is None:
                 continue
-            if self.padding == "valid":
-                span = max(self.rates) * (size - 1)
-                length = (length - span - 1) // stride + 1
-            else:
-                length = (length + stride - 1) // stride
+            largest = max(self.rates)
+            geometry = rate_conv.AxisGeometry(size, stride, largest, self.padding, largest)
+            length = geometry.output_length(length)
             if length <= 0:
                 raise ValueError(
                     f"Input of shape {tuple(input_shape)} is too small for "
