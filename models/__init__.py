@@ -114,9 +114,8 @@ def architecture(name):
         raise ValueError(
             f"Unknown model {name!r}. Valid names: {', '.join(list_models())}."
         )
-    base = name.removeprefix("ps_")
-    conv = "psconv" if name.startswith("ps_") else "standard"
-    return dict(_ARCHITECTURES[base], conv=conv)
+    build = _REGISTRY[name]
+    return dict(_ARCHITECTURES[build.func.__name__], conv=build.keywords["conv"])
 
 
 def get(name, **kwargs):

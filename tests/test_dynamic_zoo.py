@@ -178,3 +178,13 @@ def test_docstring_examples(module):
                              optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+@pytest.mark.parametrize("name, base, conv", [
+    ("resnet18", "resnet18", "standard"), ("ps_resnet18", "resnet18", "psconv"),
+    ("dps_resnet18", "resnet18", "dynamic"),
+])
+def test_architecture_of_every_prefix(name, base, conv):
+    from psconv_tf.models import _ARCHITECTURES
+
+    assert models.architecture(name) == dict(_ARCHITECTURES[base], conv=conv)
