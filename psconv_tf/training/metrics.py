@@ -1,6 +1,7 @@
 """The metrics of a classification run: loss, top-1, top-5."""
 
 import keras
+import tensorflow as tf
 
 
 def classification_metrics(num_classes):
@@ -22,4 +23,8 @@ def update_metrics(metrics, labels, logits, per_example_loss):
 
 def metric_results(metrics):
     """{name: float value} of the metrics."""
-    return {metric.name: float(metric.result()) for metric in metrics}
+    if not metrics:
+        return {}
+    # One transfer from the device for all of them.
+    values = tf.stack([tf.cast(metric.result(), tf.float32) for metric in metrics]).numpy()
+    return {metric.name: float(value) for metric, value in zip(metrics, values)}

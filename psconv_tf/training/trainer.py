@@ -366,23 +366,25 @@ class Trainer:
         progress.update(step)
         backup_every = self.options.backup_every
         logs = metric_results(self.train_metrics)
+        steps_done = int(self.steps_done.numpy())  # a Python copy: no read per step
         while step < self.steps_per_epoch:
             num_steps = min(
                 self.options.steps_per_loop,
                 self.steps_per_epoch - step,
-                backup_every - int(self.steps_done.numpy()) % backup_every,
+                backup_every - steps_done % backup_every,
             )
             run.callbacks.on_train_batch_begin(step)
             self.train_steps(iterator, tf.constant(num_steps))
             step += num_steps
             self.steps_done.assign_add(num_steps)
+            steps_done += num_steps
             logs = metric_results(self.train_metrics)
             self._check_finite(logs["loss"], "training loss")
             progress.update(step, logs, finished=step == self.steps_per_epoch)
             self._report_skipped()
             run.callbacks.on_train_batch_end(step - 1, logs)
             # The end of an epoch saves after its evaluation.
-            if self.steps_done.numpy() % backup_every == 0 and step < self.steps_per_epoch:
+            if steps_done % backup_every == 0 and step < self.steps_per_epoch:
                 self._save_backup()
                 run.log.record("backup")
         return logs
