@@ -411,8 +411,11 @@ class Trainer:
         )
 
     def _check_finite_weights(self):
-        for variable in self.model.weights:
-            if not bool(tf.reduce_all(tf.math.is_finite(variable.value))):
+        weights = self.model.weights
+        # One transfer from the device for every variable.
+        finite = tf.stack([tf.reduce_all(tf.math.is_finite(v.value)) for v in weights]).numpy()
+        for variable, ok in zip(weights, finite):
+            if not ok:
                 self._check_finite(float("nan"), f"weight {variable.path}")
 
     def _save_backup(self):
