@@ -30,7 +30,7 @@ import time
 from psconv_tf.training import classification
 from psconv_tf.training import cli
 from psconv_tf.training import configs
-from psconv_tf.training import files
+from psconv_tf import files
 from psconv_tf.training import small_data
 from psconv_tf.training.strategy import worker_output_dir
 

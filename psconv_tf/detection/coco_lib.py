@@ -15,7 +15,7 @@ from psconv_tf.detection import evaluation
 from psconv_tf.detection import input_pipeline
 from psconv_tf.detection import retinanet
 from psconv_tf.hub import PSResNetBackbone
-from psconv_tf.training import files
+from psconv_tf import files
 from psconv_tf.training import strategy as strategies
 from psconv_tf.training.errors import InputError
 

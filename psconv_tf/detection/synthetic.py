@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from psconv_tf import files
+
 CLASSES = ("square", "disc", "triangle")
 SPLITS = (("train", 0), ("val", 1))
 PLACEMENT_TRIES = 20
@@ -59,7 +61,7 @@ def generate(directory, train_images=400, val_images=100, image_size=192,
         )
         annotation_file = os.path.join(directory, "annotations", f"instances_{split}.json")
         os.makedirs(os.path.dirname(annotation_file), exist_ok=True)
-        _write_bytes(json.dumps(document).encode(), annotation_file)
+        files.write_bytes(annotation_file, json.dumps(document).encode())
         paths[split] = (annotation_file, image_dir, mask_dir)
     return paths
 
@@ -119,14 +121,7 @@ def _area(label, side):
 def _write_image(array, path, format, **options):
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=format, **options)
-    _write_bytes(buffer.getvalue(), path)
-
-
-def _write_bytes(data, path):
-    temporary = path + ".tmp"
-    with open(temporary, "wb") as file:
-        file.write(data)
-    os.replace(temporary, path)
+    files.write_bytes(path, buffer.getvalue())
 
 
 def main(argv=None):

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from psconv_tf.export.errors import ExportError
-from psconv_tf.training import files
+from psconv_tf import files
 
 INPUT_DTYPES = ("float32", "uint8")
 # torchvision's ImageNet statistics, for pixel values scaled to [0, 1].

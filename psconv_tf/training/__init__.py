@@ -11,7 +11,6 @@ Modules, one job each:
   welcome);
 - `run_config`: the run folder and its typed `config.json` (`RunConfig`),
   and the check that a resumed run is the stored one;
-- `files`: atomic file writes;
 - `classification`: training a zoo model from a `RunConfig`;
 - `cli`: the command-line flags of `training/*.py`;
 - `errors`: `InputError` and the other errors the library raises.

@@ -31,7 +31,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from psconv_tf.training import files
+from psconv_tf import files
 from psconv_tf.training.configs import Recipe
 from psconv_tf.training.errors import InputError
 from psconv_tf.training.errors import ResumeMismatchError

@@ -30,7 +30,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from psconv_tf.training import files
+from psconv_tf import files
 from psconv_tf.training import run_config
 from psconv_tf.training.errors import InputError
 from psconv_tf.training.errors import NonFiniteLossError
