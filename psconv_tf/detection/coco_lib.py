@@ -145,6 +145,9 @@ def run(options):
                          argument="batch_size")
     steps = options.steps_per_epoch or max(1, data.train_size // options.batch_size)
     model_path = os.path.join(options.run_dir, MODEL_FILE)
+    # Every worker saves; workers other than the chief write where they
+    # clobber nothing, as the classification trainer does.
+    output_dir = strategies.worker_output_dir(strategy, options.run_dir)
     with strategy.scope():
         if options.eval_only:
             if not os.path.isfile(model_path):
@@ -171,12 +174,12 @@ def run(options):
             ],
             verbose=options.verbose,
         )
-        files.save_model(detector, model_path)
+        files.save_model(detector, os.path.join(output_dir, MODEL_FILE))
     val = input_pipeline.batched(data.val, options.inputs, options.batch_size, training=False)
     results = evaluation.evaluate_boxes(
         data.ground_truth, retinanet.detect(detector, val, data.categories)
     )
-    files.write_json(os.path.join(options.run_dir, RESULTS_FILE), results)
+    files.write_json(os.path.join(output_dir, RESULTS_FILE), results)
     return results
 
 
