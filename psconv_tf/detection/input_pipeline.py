@@ -18,9 +18,9 @@ import numpy as np
 import tensorflow as tf
 
 from psconv_tf.detection import coco_data
+from psconv_tf.training.preprocessing import IMAGENET_MEAN_RGB
+from psconv_tf.training.preprocessing import IMAGENET_STDDEV_RGB
 
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 PAD = -1
 
 
@@ -141,7 +141,7 @@ def resize_and_flip(example, config, training, seed=None):
             lambda: tf.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], -1),
             lambda: boxes,
         )
-    image = (image - IMAGENET_MEAN) / IMAGENET_STD
+    image = (image - IMAGENET_MEAN_RGB) / IMAGENET_STDDEV_RGB
     target = dict(boxes=boxes, labels=example["labels"], image_id=example["image_id"], scale=scale)
     return image, target
 

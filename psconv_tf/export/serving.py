@@ -5,13 +5,12 @@ import re
 import keras
 import numpy as np
 
-from psconv_tf.export.errors import ExportError
 from psconv_tf import files
+from psconv_tf.export.errors import ExportError
+from psconv_tf.training.preprocessing import IMAGENET_MEAN
+from psconv_tf.training.preprocessing import IMAGENET_STD
 
 INPUT_DTYPES = ("float32", "uint8")
-# torchvision's ImageNet statistics, for pixel values scaled to [0, 1].
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SIGNATURE_KEY = "serving_default"
 # TensorFlow ops that call back into the Python interpreter at run time.
 PYTHON_OPS = ("PyFunc", "PyFuncStateless", "EagerPyFunc")

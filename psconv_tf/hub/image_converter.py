@@ -4,10 +4,8 @@ import keras
 from keras_hub.layers import ImageConverter
 
 from psconv_tf.hub.backbone import PSResNetBackbone
-
-# The zoo's ImageNet statistics, of images in [0, 1].
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from psconv_tf.training.preprocessing import IMAGENET_MEAN
+from psconv_tf.training.preprocessing import IMAGENET_STD
 
 
 @keras.saving.register_keras_serializable(package="psconv_tf")

@@ -9,8 +9,11 @@ statistics are in pixel units, [0, 255].
 
 import tensorflow as tf
 
-IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# ImageNet's channel statistics, as fractions of 255 and in pixel units.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN_RGB = tuple(m * 255 for m in IMAGENET_MEAN)
+IMAGENET_STDDEV_RGB = tuple(s * 255 for s in IMAGENET_STD)
 CROP_FRACTION = 224 / 256
 CROP_AREA_RANGE = (0.08, 1.0)
 CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
