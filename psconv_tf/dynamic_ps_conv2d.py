@@ -276,23 +276,14 @@ class DynamicPSConv2D(PSConv2D):
         ]
         return (kronecker_mask.kronecker(*signs) + 1.0) / 2.0
 
-    def call(self, inputs, training=None):
-        transpose = self._compute_format != self.data_format
-        if transpose:
-            inputs = ops.transpose(inputs, (0, 2, 3, 1))
+    def _convolve(self, inputs, training):
+        """Both rates as full convolutions with the kernel masked by M
+        (`PSConv2D.call` adds the bias and activation)."""
+        del training  # the mask is binary in training and inference alike
         large = ops.cast(ops.transpose(self.mask()), self.kernel.dtype)[None, None]
         convs = self._rate_convs
         outputs = convs[self.small_rate](inputs, self.kernel * (1.0 - large))
-        outputs = outputs + convs[self.large_rate](inputs, self.kernel * large)
-        if self.use_bias:
-            shape = [1, 1, 1, 1]
-            shape[self._channel_axis] = self.filters
-            outputs = outputs + ops.reshape(self.bias, shape)
-        if transpose:
-            outputs = ops.transpose(outputs, (0, 3, 1, 2))
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return outputs + convs[self.large_rate](inputs, self.kernel * large)
 
     def dilation_matrix(self):
         """The current learned D, (filters, in_channels), 0 across groups."""

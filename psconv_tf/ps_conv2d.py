@@ -340,20 +340,23 @@ class PSConv2D(keras.layers.Layer):
         transpose = self._compute_format != self.data_format
         if transpose:
             inputs = ops.transpose(inputs, (0, 2, 3, 1))
-        axis = self._channel_axis
-        implementation = self.implementation
-        if implementation == "auto":
-            implementation = autotune.choose(self, inputs, bool(training))
-        outputs = self.implementation_executor(implementation)(inputs, self.kernel)
+        outputs = self._convolve(inputs, training)
         if self.use_bias:
             shape = [1, 1, 1, 1]
-            shape[axis] = self.filters
+            shape[self._channel_axis] = self.filters
             outputs = outputs + ops.reshape(self.bias, shape)
         if transpose:
             outputs = ops.transpose(outputs, (0, 3, 1, 2))
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
+
+    def _convolve(self, inputs, training):
+        """Eq. 3 without bias, on inputs in the compute format."""
+        implementation = self.implementation
+        if implementation == "auto":
+            implementation = autotune.choose(self, inputs, bool(training))
+        return self.implementation_executor(implementation)(inputs, self.kernel)
 
     @property
     def _compute_format(self):

@@ -60,7 +60,8 @@ def dataset(image_dir, mask_dir, image_size, batch_size, training, seed=0):
             flip = tf.random.uniform([], seed=seed) < 0.5
             image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
             mask = tf.cond(flip, lambda: tf.reverse(mask, [1]), lambda: mask)
-        image = (image - input_pipeline.IMAGENET_MEAN) / input_pipeline.IMAGENET_STD
+        mean, std = input_pipeline.IMAGENET_MEAN_RGB, input_pipeline.IMAGENET_STDDEV_RGB
+        image = (image - mean) / std
         return image, mask
 
     data = tf.data.Dataset.from_tensor_slices((images, masks))
