@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import reference
+from psconv_tf import DynamicPSConv2D
 from psconv_tf import PSConv2D
 from psconv_tf.executor import IMPLEMENTATIONS
 
@@ -234,6 +235,28 @@ def test_mixed_precision(monkeypatch, policy, tolerance):
     assert calls
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=0, atol=tolerance * np.abs(b).max())
+
+
+def test_dynamic_layer_and_its_mask_gradients(monkeypatch):
+    """DynamicPSConv2D runs its rates through the same op: every gradient
+    (input, kernel, bias, latent mask factors) equals TensorFlow's own."""
+    x = tf.constant(np.random.default_rng(7).normal(size=(2, 11, 10, 8)), tf.float32)
+    layer = DynamicPSConv2D(8, 3, padding="same", rates=(1, 3))
+    layer.build(x.shape)
+
+    def run(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, training=True) ** 2)
+        return [t.numpy() for t in tape.gradient(loss, [x] + layer.trainable_weights)]
+
+    monkeypatch.setenv(tf_dilation.ENVIRONMENT, "native")
+    expected = run(x)
+    calls = _count_route(monkeypatch)
+    got = run(x)
+    assert {tuple(r) for r in calls} == {(3, 3)}, calls
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
 
 
 def test_bad_switch_names_the_variable(monkeypatch):
