@@ -44,6 +44,13 @@ def conv2d(inputs, kernel, strides, padding, dilation_rate, data_format):
                 _output_shape(inputs.shape, kernel.shape, strides, padding, rates, data_format),
                 inputs.dtype,
             )
+        from psconv_tf import tf_dilation
+
+        if max(rates) > 1 and tuple(strides) == (1, 1) and tf_dilation.wanted():
+            # XLA differentiates dilated convolutions slowly on GPUs, as under
+            # JAX below; tf_dilation keeps the forward and runs the gradients
+            # as space-to-batch convolutions at rate 1.
+            return tf_dilation.conv(inputs, kernel, rates, padding, data_format)
         convolve = tf.nn.conv2d
         if inputs.dtype == tf.float16 and max(rates) > 1:
             # CPU kernels have no float16 gradient for dilated convolutions;
