@@ -16,7 +16,7 @@ Every implementation computes the same function (Eq. 3) from the same kernel:
   backward passes where groups have few channels (ResNeXt) on TensorFlow's
   CPU, whose dilated kernels are slow there.
 - `"fused"` (JAX only, `JAX_IMPLEMENTATIONS`): Pallas kernels that compute
-  Eq. 3 in one pass each (`fused_conv`); it runs no plan.
+  Eq. 3 in one pass each (`fused_executor`); it runs no plan.
 
 Reads. A plan's convolutions read runs of consecutive channels: inputs,
 kernels and output terms are cut with one split per tensor and joined with

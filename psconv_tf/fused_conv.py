@@ -1,4 +1,4 @@
-"""PSConv2D as fused kernels (`implementation="fused"`, JAX backend only).
+"""The fused PS convolution: its maps, their transposes, two primitives.
 
 Along one spatial axis, a PS convolution is a set of taps per rate: output
 row s_out * o + q receives input row s_in * o + a times kernel row i, for
@@ -24,14 +24,7 @@ fused kernels too:
     weight_gradient(c, x, y) = dw
       dx = correlate(c.T, y, v^T), dy = correlate(c, x, v)   for cotangent v
 
-Channels. The kernels need the rate to be constant on blocks of channels
-(`fused_kernel.Tiling`). `FusedExecutor` takes the largest power-of-two
-blocks on which the layer's rates are constant in the given channel order
-(the blocked layout: the blocks of its cycle); where another order gives
-larger blocks (the interleaved layout, explicit matrices whose equal
-columns are scattered) it gathers the input channels and filters into that
-order and the outputs back. Any matrix runs; one with no two equal
-neighbouring channels in any order runs with blocks of one channel, slowly.
+The layer's side (channel order, blocks, geometry) is `fused_executor`.
 
 Devices: Triton kernels on GPUs; interpret mode (exact, slow) where there is
 no GPU; TPUs are refused (see `fused_kernel`).
@@ -46,15 +39,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from psconv_tf import fused_kernel
-from psconv_tf import rate_conv
 
 # Output positions of one program: at most COLS columns and PIXELS in all.
 COLS = 16
 PIXELS = 128
 # Programs the weight gradient aims at, splitting the batch into chunks.
 WEIGHT_PROGRAMS = 2048
-# The most layer groups one multiply-add program handles.
-MAX_GROUP_TILE = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,8 +112,8 @@ class FusedConv:
 
     Attributes:
         rows, cols: the `AxisMap`s of height and width.
-        rates: (G, Fg / filters, Cg / inputs) nested tuples, the rate index
-            of every block pair.
+        rates: (G, Fg / filters, Cg / inputs), the rate index of every
+            block pair (an array, kept as nested tuples).
         inputs, filters, groups: the channel blocks and group tile of
             `fused_kernel.Tiling`.
         interpret: run the kernels in Pallas interpret mode.
@@ -137,9 +127,13 @@ class FusedConv:
     groups: int
     interpret: bool
 
+    def __post_init__(self):
+        # Nested tuples (hashable: a static argument of jax.custom_vjp).
+        object.__setattr__(self, "rates", _nested(np.asarray(self.rates)))
+
     def transpose(self):
         rates = np.transpose(np.array(self.rates), (0, 2, 1))
-        return FusedConv(self.rows.transpose(), self.cols.transpose(), _nested(rates),
+        return FusedConv(self.rows.transpose(), self.cols.transpose(), rates,
                          self.filters, self.inputs, self.groups, self.interpret)
 
     def launch(self, kernel_size):
@@ -203,10 +197,6 @@ def _nested(array):
 
 def _next_power_of_two(value):
     return 1 << max(0, int(value) - 1).bit_length()
-
-
-def _largest_power_of_two_divisor(value, cap):
-    return min(value & -value, cap)
 
 
 def _pad_axes(x, pads):
@@ -295,138 +285,3 @@ def _weight_gradient_backward(conv, kernel_size, residuals, cotangent):
 
 correlate.defvjp(_correlate_forward, _correlate_backward)
 weight_gradient.defvjp(_weight_gradient_forward, _weight_gradient_backward)
-
-
-def _block(changes, size):
-    """The largest power-of-two block (<= MAX_BLOCK) of `size` channels that
-    no change point crosses."""
-    return _largest_power_of_two_divisor(
-        math.gcd(size, *changes.tolist()), fused_kernel.MAX_BLOCK)
-
-
-def _blocks(index, groups):
-    """(input block, filter block) on which the (F, Cg) `index` is constant."""
-    filters, in_per_group = index.shape
-    per_group = index.reshape(groups, filters // groups, in_per_group)
-    inputs = np.flatnonzero((index[:, 1:] != index[:, :-1]).any(0)) + 1
-    outputs = np.flatnonzero((per_group[:, 1:] != per_group[:, :-1]).any((0, 2))) + 1
-    return _block(inputs, in_per_group), _block(outputs, filters // groups)
-
-
-def _sorting(lines):
-    """The stable order that makes equal lines (rows of `lines`) adjacent."""
-    _, labels = np.unique(lines, axis=0, return_inverse=True)
-    return np.argsort(labels.ravel(), kind="stable")
-
-
-def channel_order(index, groups):
-    """(input order or None, filter order or None, input block, filter block).
-
-    The orders permute the (F, Cg) rate index's columns (the same in every
-    group) and rows (inside each group) when that gives larger blocks.
-    """
-    filters = index.shape[0]
-    per_group = filters // groups
-    inputs, outputs = _blocks(index, groups)
-    in_order = _sorting(index.T)
-    out_order = np.concatenate([
-        g * per_group + _sorting(index[g * per_group : (g + 1) * per_group])
-        for g in range(groups)
-    ])
-    sorted_inputs, sorted_outputs = _blocks(index[out_order][:, in_order], groups)
-    if sorted_inputs * sorted_outputs <= inputs * outputs:
-        return None, None, inputs, outputs
-    return in_order, out_order, sorted_inputs, sorted_outputs
-
-
-def _group_tile(blocks, inputs, filters):
-    """Groups per multiply-add program: a power of two dividing G whose
-    groups have equal rate blocks; 1 where tile products are dots."""
-    if min(inputs, filters) >= fused_kernel.MIN_DOT:
-        return 1
-    groups = blocks.shape[0]
-    tile = _largest_power_of_two_divisor(groups, MAX_GROUP_TILE)
-    while tile > 1:
-        chunked = blocks.reshape(groups // tile, tile, -1)
-        if (chunked == chunked[:, :1]).all():
-            return tile
-        tile //= 2
-    return 1
-
-
-def device_mode():
-    """True to run in interpret mode: on CPUs (and any device that is not a
-    GPU). Raises on TPUs, which the kernels do not support."""
-    platform = jax.default_backend()
-    if platform == "tpu":
-        raise ValueError(
-            "implementation='fused' has no TPU (Mosaic) kernels; use 'auto' "
-            "or another implementation on TPUs."
-        )
-    return platform not in ("gpu", "cuda", "rocm")
-
-
-class FusedExecutor:
-    """Runs a PSConv2D layer with the fused kernels, on JAX arrays (any Keras
-    backend may build it; the layer refuses "fused" unless the backend is
-    JAX, whose tensors these are).
-
-    Args:
-        rates: the layer's (filters, in_channels // groups) rates.
-        groups, kernel_size, strides, padding: the layer's.
-    """
-
-    def __init__(self, rates, groups, kernel_size, strides, padding):
-        self.interpret = device_mode()
-        self.distinct = np.unique(rates)
-        index = np.searchsorted(self.distinct, rates)
-        self.groups = groups
-        self.in_order, self.out_order, self.inputs, self.filters = channel_order(
-            index, groups)
-        if self.in_order is not None:
-            index = index[self.out_order][:, self.in_order]
-            in_per_group = index.shape[1]
-            self.in_gather = (
-                np.arange(groups)[:, None] * in_per_group + self.in_order
-            ).ravel()
-            self.out_scatter = np.argsort(self.out_order)
-        filters, in_per_group = index.shape
-        blocks = index.reshape(groups, filters // groups // self.filters, self.filters,
-                               in_per_group // self.inputs, self.inputs)[:, :, 0, :, 0]
-        self.blocks = _nested(blocks)
-        self.group_tile = _group_tile(blocks, self.inputs, self.filters)
-        largest = int(self.distinct.max())
-        self.geometries = [
-            [rate_conv.AxisGeometry(size, stride, int(d), padding, largest)
-             for d in self.distinct]
-            for size, stride in zip(kernel_size, strides)
-        ]
-        self._convs = {}
-
-    def conv(self, height, width):
-        """The `FusedConv` of an input of this size."""
-        if (height, width) not in self._convs:
-            self._convs[(height, width)] = FusedConv(
-                AxisMap.forward(self.geometries[0], height),
-                AxisMap.forward(self.geometries[1], width),
-                self.blocks, self.inputs, self.filters, self.group_tile,
-                self.interpret,
-            )
-        return self._convs[(height, width)]
-
-    def __call__(self, inputs, kernel, data_format):
-        x = inputs if data_format == "channels_last" else inputs.transpose(0, 2, 3, 1)
-        n, height, width, channels = x.shape
-        kernel = jnp.asarray(kernel).astype(x.dtype)
-        kh, kw, in_per_group, filters = kernel.shape
-        if self.in_order is not None:
-            x = jnp.take(x, self.in_gather, axis=3)
-            kernel = kernel[:, :, self.in_order][..., self.out_order]
-        groups = self.groups
-        x = x.reshape(n, height, width, groups, in_per_group)
-        kernel = kernel.reshape(kh, kw, in_per_group, groups, filters // groups)
-        y = correlate(self.conv(height, width), x, kernel.transpose(0, 1, 3, 2, 4))
-        y = y.reshape(y.shape[:3] + (filters,))
-        if self.in_order is not None:
-            y = jnp.take(y, self.out_scatter, axis=3)
-        return y if data_format == "channels_last" else y.transpose(0, 3, 1, 2)

@@ -19,10 +19,11 @@ caller pads x so that every read is in bounds).
         x[n, s_in_h * o + a_h, s_in_w * p + a_w, g, cb] . w[i, j, g, cb, fb]
 
 One program computes one tile of `rows` x `cols` output positions of one
-phase, for `groups` groups and one filter block, in a float32 accumulator:
-its inner step reads a (rows, cols) window of one input block at the offset
-of that block pair's rate and adds a dense tile product. No zero kernel is
-multiplied and every kernel is read once per tile: the MACs are Conv2D's.
+phase, for `groups` groups and one filter block, in a float32 accumulator
+(float64 for float64 data): its inner step reads a (rows, cols) window of
+one input block at the offset of that block pair's rate and adds a dense
+tile product. No zero kernel is multiplied: the MACs are Conv2D's, plus the
+output positions that pad the last tile.
 
 `weight_gradient`:
 
@@ -38,10 +39,10 @@ transposes are kernels of the same two kinds (see `fused_conv`).
 
 Inner products. With one group per program and blocks of at least MIN_DOT
 channels and pixels, a tile product is `jnp.dot` (tensor cores, float32
-accumulation; float32 inputs run at the default matmul precision, TF32 on
-recent NVIDIA GPUs). Smaller blocks (ResNeXt: 4 channels per group, so one
-channel per rate block) run as broadcast multiply-adds over `groups` groups
-at once, one input channel at a time, in float32.
+accumulation; float32 inputs run at `jax.default_matmul_precision`, by
+default TF32 on recent NVIDIA GPUs). Smaller blocks (ResNeXt: 4 channels
+per group, so one channel per rate block) run as broadcast multiply-adds
+over `groups` groups at once, one input channel at a time, in float32.
 
 Invariants the caller guarantees: every array dimension the kernels tile is
 a multiple of its tile (outputs are padded and cropped by the caller), and
@@ -63,13 +64,14 @@ which large activations do not fit, and wants block shapes divisible by
 (8, 128) in the last two dimensions. A Mosaic version would keep x in HBM
 (`memory_space=pl.ANY`), copy each halo window with `pltpu.make_async_copy`,
 read the tables through scalar prefetch (`PrefetchScalarGridSpec`) and lay
-channels on the 128 lanes; `fused_conv` refuses TPUs until then. On other
+channels on the 128 lanes; `fused_executor` refuses TPUs until then. On other
 devices the kernels run in Pallas interpret mode (`interpret=True`): exact,
 but slow; for tests and checks only.
 """
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -84,6 +86,17 @@ MAX_BLOCK = 64
 
 def _power_of_two(value):
     return value > 0 and value & (value - 1) == 0
+
+
+def _precision():
+    """The dot precision `jax.default_matmul_precision` asks for (None:
+    the default, TF32 for float32 on recent NVIDIA GPUs)."""
+    value = jax.config.jax_default_matmul_precision
+    if value in ("highest", "float32"):
+        return lax.Precision.HIGHEST
+    if value in ("high", "tensorfloat32", "bfloat16_3x"):
+        return lax.Precision.HIGH
+    return None
 
 
 def accumulator(dtype):
@@ -194,7 +207,8 @@ def _correlate_kernel(rates_ref, table_ref, count_ref, x_ref, w_ref, y_ref, *,
                 x = x_ref[n, rows, cols, g0, pl.ds(c0, t.inputs)]
                 w = w_ref[i, j, g0, pl.ds(c0, t.inputs), filters]
                 return acc + jnp.dot(
-                    x.reshape(t.pixels, t.inputs), w, preferred_element_type=dtype
+                    x.reshape(t.pixels, t.inputs), w, precision=_precision(),
+                    preferred_element_type=dtype,
                 )
             groups = pl.ds(g0, t.groups)
             for k in range(t.inputs):
@@ -217,6 +231,16 @@ def _correlate_kernel(rates_ref, table_ref, count_ref, x_ref, w_ref, y_ref, *,
     else:
         y_ref[n, rows, cols, pl.ds(g0, t.groups), filters] = acc.reshape(
             t.rows, t.cols, t.groups, t.filters).astype(y_ref.dtype)
+
+
+def _check_sizes(*shapes):
+    """Triton computes offsets in int32: refuses arrays of 2**31 elements."""
+    for shape in shapes:
+        if math.prod(shape) >= 2**31:
+            raise ValueError(
+                f"The fused kernels take arrays of fewer than 2**31 elements; got "
+                f"shape {tuple(shape)}. Use a smaller batch or another implementation."
+            )
 
 
 def _whole(shape):
@@ -251,10 +275,11 @@ def correlate(x, w, rates, table, counts, p):
     t.check()
     n, _, _, groups, in_per_group = x.shape
     filters_per_group = w.shape[-1]
+    out_shape = (n, p.out_phases[0] * p.phase_shape[0], p.out_phases[1] * p.phase_shape[1],
+                 groups, filters_per_group)
+    _check_sizes(x.shape, out_shape)
     phases = p.out_phases[0] * p.out_phases[1]
     rate_count = counts.shape[0] // phases
-    rows, cols = p.phase_shape
-    out_shape = (n, p.out_phases[0] * rows, p.out_phases[1] * cols, groups, filters_per_group)
     kernel = functools.partial(
         _correlate_kernel, p=p, input_blocks=in_per_group // t.inputs,
         rate_count=rate_count, entries=table.shape[0] // counts.shape[0],
@@ -299,7 +324,8 @@ def _weight_gradient_kernel(rates_ref, table_ref, count_ref, x_ref, y_ref, o_ref
                 y = y_ref[n, out_rows, out_cols, g0, filters]
                 return acc + lax.dot_general(
                     x.reshape(t.pixels, t.inputs), y.reshape(t.pixels, t.filters),
-                    (((0,), (0,)), ((), ())), preferred_element_type=dtype,
+                    (((0,), (0,)), ((), ())), precision=_precision(),
+                    preferred_element_type=dtype,
                 )
             y = y_ref[n, out_rows, out_cols, groups, filters]
             y = y.reshape(t.pixels, t.groups, t.filters).astype(dtype)
@@ -347,6 +373,7 @@ def weight_gradient(x, y, rates, table, counts, p, chunks):
     t.check()
     n, _, _, groups, in_per_group = x.shape
     filters_per_group = y.shape[-1]
+    _check_sizes(x.shape, y.shape)
     kh, kw = p.kernel_size
     out_shape = (chunks, kh, kw, groups, in_per_group, filters_per_group)
     kernel = functools.partial(

@@ -105,7 +105,7 @@ class PSConv2D(keras.layers.Layer):
             `"fused"` (JAX backend only): one Pallas kernel per pass
             (forward, input and kernel gradients), Triton on GPUs and
             interpret mode (exact, slow) elsewhere, see
-            `psconv_tf.fused_conv`.
+            `psconv_tf.fused_executor`.
         Gathers: none with the blocked layout; otherwise wherever a channel
         selection has more than `executor.MAX_RUNS` runs (the interleaved
         layout, explicit matrices with scattered rates); none in "masked".
@@ -391,9 +391,9 @@ class PSConv2D(keras.layers.Layer):
 
     def _make_executor(self, implementation, in_channels):
         if implementation == "fused":
-            from psconv_tf import fused_conv  # imports JAX
+            from psconv_tf import fused_executor  # imports JAX
 
-            return fused_conv.FusedExecutor(
+            return fused_executor.FusedExecutor(
                 explicit_matrix.compress(self._matrix, self.groups), self.groups,
                 self.kernel_size, self.strides, self.padding,
             )

@@ -25,6 +25,7 @@ from psconv_tf import autotune  # noqa: E402
 from psconv_tf import conv_ops  # noqa: E402
 from psconv_tf import explicit_matrix  # noqa: E402
 from psconv_tf import fused_conv  # noqa: E402
+from psconv_tf import fused_executor  # noqa: E402
 from psconv_tf import lattice  # noqa: E402
 from psconv_tf import rate_conv  # noqa: E402
 from psconv_tf import PSConv2D  # noqa: E402
@@ -69,7 +70,7 @@ def _case(channels, filters, groups, size, stride, padding, pattern=(1, 2, 1, 4)
         rates = explicit_matrix.compress(matrix, groups)
     else:
         matrix = explicit_matrix.expand(np.asarray(rates), groups)
-    executor = fused_conv.FusedExecutor(rates, groups, kernel_size, strides, padding)
+    executor = fused_executor.FusedExecutor(rates, groups, kernel_size, strides, padding)
     assert executor.interpret  # no GPU here
 
     def fused(x, kernel):
@@ -206,9 +207,9 @@ def test_kernels_lower_to_triton(name, dtype):
     blocks, supported ops), without a GPU."""
     config = dict(CASES[name])
     channels, groups = config["channels"], config["groups"]
-    matrix = lattice.dilation_matrix(channels, config["filters"], config.get("pattern", (1, 2, 1, 4)),
-                                     groups=groups)
-    executor = fused_conv.FusedExecutor(
+    matrix = lattice.dilation_matrix(channels, config["filters"],
+                                     config.get("pattern", (1, 2, 1, 4)), groups=groups)
+    executor = fused_executor.FusedExecutor(
         explicit_matrix.compress(matrix, groups), groups, (3, 3), (config["stride"],) * 2,
         config["padding"])
     executor.interpret = False
@@ -226,11 +227,11 @@ def test_kernels_lower_to_triton(name, dtype):
 
 def test_tiles_are_powers_of_two_and_blocks_follow_the_lattice():
     matrix = lattice.dilation_matrix(128, 64, (1, 2, 1, 4))
-    executor = fused_conv.FusedExecutor(matrix, 1, (3, 3), (1, 1), "same")
+    executor = fused_executor.FusedExecutor(matrix, 1, (3, 3), (1, 1), "same")
     assert (executor.inputs, executor.filters, executor.group_tile) == (32, 16, 1)
     assert executor.in_order is None  # the blocked layout needs no gather
     grouped = lattice.dilation_matrix(128, 128, (1, 2, 1, 4), groups=32)
-    executor = fused_conv.FusedExecutor(
+    executor = fused_executor.FusedExecutor(
         explicit_matrix.compress(grouped, 32), 32, (3, 3), (2, 2), "same")
     assert (executor.inputs, executor.filters, executor.group_tile) == (1, 1, 32)
     p, _ = executor.conv(56, 56).launch((3, 3))
