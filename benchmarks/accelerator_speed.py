@@ -29,7 +29,9 @@ chosen with `--sections`:
   128@28² with 32 groups; the paper's speed setting (N, C, H, W) = (200, 64,
   56, 56) in inference (the paper: PSConv / dilated 1.14x, dilated /
   standard 2.99x on a Titan X). First, every implementation is checked
-  against masked dense convolutions written with `lax`, at full precision;
+  against masked grouped convolutions written with `lax`, at full
+  precision: values, input and kernel gradients, at stride 1 (fused: tile
+  products as dots) and at stride 2 with 32 groups (multiply-adds);
 - "train": the SGD train step of ps_resnet50 against resnet50 (`--train-
   models resnext50_32x4d` adds ResNeXt-50) at 224², PSConv2D at its default
   where nothing is measured ("default") and with each other
@@ -74,6 +76,7 @@ PS_COLUMNS = IMPLEMENTATIONS + ("official",)
 TRAIN_PAIRS = (("resnet50", "ps_resnet50"), ("resnext50_32x4d", "ps_resnext50_32x4d"))
 SECTIONS = ("torch", "layers", "train")
 SMOKE = dict(shapes=((16, 8),), grouped=(128, 8, 32), paper=(2, 16, 6), batch=2,
+             exact=((16, 8, 1, 1), (128, 7, 32, 2)),
              train_pairs=(("cifar_resnet20", "ps_cifar_resnet20"),), train_size=16)
 
 
@@ -135,27 +138,59 @@ def _time(functions, rounds, repeat):
     return {key: float(np.median(value)) for key, value in times.items()}, errors
 
 
-def check_exact(implementations, channels=64, size=28, batch=4):
-    """{implementation: max|PSConv2D - masked dense convs| / max|reference|}
-    at full precision, the reference written here with `lax` directly."""
-    x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, channels))
+# (channels, size, groups, stride) of the exactness checks: tile products as
+# dots at stride 1, and as multiply-adds over groups at stride 2.
+EXACT_CONFIGS = ((64, 28, 1, 1), (128, 14, 32, 2))
+
+
+def _masked_reference(x, kernel, matrix, groups, stride):
+    """Eq. 3 as masked grouped convolutions at each rate, written with `lax`
+    ("same": TensorFlow's rule for each rate)."""
+    filters, per_group = kernel.shape[3], kernel.shape[2]
+    block = filters // groups
+    rates = np.stack([matrix[f, f // block * per_group:(f // block + 1) * per_group]
+                      for f in range(filters)])  # (filters, channels / groups)
+    y = 0
+    for rate in np.unique(rates):
+        mask = jnp.asarray((rates == rate).T[None, None], kernel.dtype)
+        y = y + jax.lax.conv_general_dilated(
+            x, kernel * mask, (stride, stride), "SAME", rhs_dilation=(int(rate),) * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+        )
+    return y
+
+
+def check_exact(implementations, batch=4, configs=EXACT_CONFIGS):
+    """{"C@H, G=g, stride s": {implementation: worst max|a - b| / max|b| of
+    values, input and kernel gradients}}, against `_masked_reference` at full
+    precision, with a random cotangent."""
     errors = {}
-    for implementation in implementations:
-        layer = PSConv2D(channels, 3, padding="same", use_bias=False,
-                         implementation=implementation)
-        with jax.default_matmul_precision("highest"):
-            y = np.asarray(layer(x))
-            kernel = jnp.asarray(layer.dense_kernel())
+    for channels, size, groups, stride in configs:
+        x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, channels))
+        label = f"{channels}@{size}, G={groups}, stride {stride}"
+        errors[label] = {}
+        for implementation in implementations:
+            layer = PSConv2D(channels, 3, strides=stride, padding="same", groups=groups,
+                             use_bias=False, implementation=implementation)
+            layer.build(x.shape)
             matrix = layer.dilation_matrix()
-            reference = 0
-            for rate in np.unique(matrix[matrix > 0]):
-                mask = jnp.asarray((matrix == rate).T[None, None].astype("float32"))
-                reference = reference + jax.lax.conv_general_dilated(
-                    x, kernel * mask, (1, 1), "SAME", rhs_dilation=(int(rate),) * 2,
-                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                )
-        reference = np.asarray(reference)
-        errors[implementation] = float(np.abs(y - reference).max() / np.abs(reference).max())
+
+            def ours(x, kernel, layer=layer):
+                return layer.stateless_call([kernel], [], x)[0]
+
+            def reference(x, kernel, matrix=matrix):
+                return _masked_reference(x, kernel, matrix, groups, stride)
+
+            kernel = layer.kernel.value
+            with jax.default_matmul_precision("highest"):
+                got, got_vjp = jax.vjp(jax.jit(ours), x, kernel)
+                want, want_vjp = jax.vjp(jax.jit(reference), x, kernel)
+                cotangent = jax.random.normal(jax.random.PRNGKey(1), want.shape)
+                pairs = [(got, want)] + list(zip(got_vjp(cotangent), want_vjp(cotangent)))
+            errors[label][implementation] = max(
+                float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
+                for a, b in pairs
+            )
     return errors
 
 
@@ -391,10 +426,11 @@ def main():
     print(f"device: {results['device']} ({device.platform}), jax {jax.__version__}, "
           f"keras {keras.__version__}; medians of {args.rounds} interleaved rounds")
     if "layers" in args.sections:
-        results["exactness"] = check_exact(args.implementations,
-                                           *((16, 8, 2) if args.smoke else ()))
-        print("PSConv2D vs masked dense convs, max|a-b|/max|b|: " + ", ".join(
-            f"{name} {error:.1e}" for name, error in results["exactness"].items()))
+        results["exactness"] = check_exact(
+            args.implementations, *((2, SMOKE["exact"]) if args.smoke else ()))
+        for label, errors in results["exactness"].items():
+            print(f"PSConv2D vs masked convs, {label}, worst max|a-b|/max|b| of values and "
+                  "gradients: " + ", ".join(f"{n} {e:.1e}" for n, e in errors.items()))
     print("\nStandard layer ms and every layer relative to it, per framework\n" + TABLE_HEADER)
     if torch_results is not None:
         if "error" in torch_results:

@@ -23,6 +23,7 @@ jnp = jax.numpy
 
 from psconv_tf import autotune  # noqa: E402
 from psconv_tf import conv_ops  # noqa: E402
+from psconv_tf import executor  # noqa: E402
 from psconv_tf import explicit_matrix  # noqa: E402
 from psconv_tf import fused_conv  # noqa: E402
 from psconv_tf import fused_executor  # noqa: E402
@@ -243,6 +244,29 @@ def test_auto_measures_fused_only_on_a_gpu_under_jax(monkeypatch):
     assert "fused" not in autotune.candidates()
     monkeypatch.setattr(conv_ops, "jax_on_gpu", lambda: True)
     assert "fused" in autotune.candidates()
+
+
+def test_tuner_skips_fused_where_its_kernels_fail(monkeypatch):
+    """A GPU whose compiler refuses the kernels leaves the other candidates."""
+    monkeypatch.setattr(autotune, "candidates",
+                        lambda: executor.IMPLEMENTATIONS + executor.JAX_IMPLEMENTATIONS)
+    layer = PSConv2D(8, 3, padding="same")
+    layer.build((2, 8, 8, 8))
+    real = layer.implementation_executor
+
+    def failing(name):
+        if name != "fused":
+            return real(name)
+
+        def run(inputs, kernel):
+            raise RuntimeError("the compiler refused the kernel")
+
+        return run
+
+    monkeypatch.setattr(layer, "implementation_executor", failing)
+    with pytest.warns(UserWarning, match="skips 'fused'"):
+        times = autotune.measure(layer, (2, 8, 8, 8), "float32", False)
+    assert set(times) == set(executor.IMPLEMENTATIONS)
 
 
 @pytest.mark.skipif(keras.backend.backend() == "jax", reason="the JAX backend runs it")
