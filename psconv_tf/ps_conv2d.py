@@ -105,7 +105,8 @@ class PSConv2D(keras.layers.Layer):
             `"fused"` (JAX backend only): one Pallas kernel per pass
             (forward, input and kernel gradients), Triton on GPUs and
             interpret mode (exact, slow) elsewhere, see
-            `psconv_tf.fused_executor`.
+            `psconv_tf.fused_executor`; other backends refuse it, also in
+            a saved config: models that change backends keep `"auto"`.
         Gathers: none with the blocked layout; otherwise wherever a channel
         selection has more than `executor.MAX_RUNS` runs (the interleaved
         layout, explicit matrices with scattered rates); none in "masked".
@@ -180,8 +181,7 @@ class PSConv2D(keras.layers.Layer):
             raise ValueError(
                 f"Argument `implementation`={implementation!r} needs the JAX "
                 f"backend; this process runs {keras.backend.backend()!r}. Use "
-                "'auto' or one of "
-                f"{IMPLEMENTATIONS[1:1 + len(executor.IMPLEMENTATIONS)]}."
+                f"'auto' or one of {executor.IMPLEMENTATIONS}."
             )
         self.implementation = implementation
         self.filters = int(filters)
