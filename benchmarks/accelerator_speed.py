@@ -262,7 +262,9 @@ def torch_peers(cases, official_module, rounds, repeat):
 
 
 def _set_implementation(model, implementation):
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    """Every PSConv2D of a zoo model (a functional model: all are in
+    `model.layers`) runs `implementation`."""
+    for layer in model.layers:
         if isinstance(layer, PSConv2D):
             layer.implementation = implementation
 
