@@ -18,6 +18,9 @@ depends on the backend, the device, the shapes and the dtype. A layer with
   always `default(layer)` ("masked" on a GPU under JAX; elsewhere "masked"
   up to MASKED_KERNELS kernels, else "split"), for deterministic tests and
   exports.
+- The candidates (`candidates()`) are `executor.IMPLEMENTATIONS`, plus
+  "fused" on a GPU under JAX only: elsewhere its kernels run in Pallas
+  interpret mode, far too slowly to be a choice. No fixed default uses it.
 
 The cache: one JSON file per key in `PSCONV_TF_AUTOTUNE_CACHE`, else
 `$XDG_CACHE_HOME/psconv_tf/autotune` (~/.cache/...), named by the SHA-256 of
@@ -81,6 +84,13 @@ def default(layer):
     return "masked" if kernels <= MASKED_KERNELS else DEFAULT
 
 
+def candidates():
+    """The implementations `measure` times on this backend and device."""
+    if conv_ops.jax_on_gpu():
+        return executor.IMPLEMENTATIONS + executor.JAX_IMPLEMENTATIONS
+    return executor.IMPLEMENTATIONS
+
+
 def choose(layer, inputs, training):
     """The implementation for `layer` on `inputs` (see the module docstring)."""
     if not enabled():
@@ -141,10 +151,17 @@ def measure(layer, shape, dtype, training):
     """Median seconds of every implementation on a random input of `shape`."""
     runs = {}
     x = keras.random.normal(shape, dtype=dtype, seed=0)
-    for name in executor.IMPLEMENTATIONS:
+    for name in candidates():
         runs[name] = _runner(layer, layer.implementation_executor(name), x, training)
-    for run in runs.values():
-        run()
+    for name, run in list(runs.items()):
+        try:
+            run()
+        except Exception as error:  # noqa: BLE001 - any compiler's error
+            if name not in executor.JAX_IMPLEMENTATIONS:
+                raise
+            # A kernel this device's compiler refuses is no candidate.
+            warnings.warn(f"PSConv2D autotune skips {name!r}: {error}")
+            del runs[name]
     times = {name: [] for name in runs}
     for _ in range(ROUNDS):
         for name, run in runs.items():
@@ -245,7 +262,7 @@ def _key(layer, shape, dtype, training):
         "groups": layer.groups,
         "matrix": matrix_digest(layer.dilation_matrix()),
         "mode": "train" if training else "infer",
-        "candidates": list(executor.IMPLEMENTATIONS),
+        "candidates": list(candidates()),
     }
 
 
@@ -268,7 +285,7 @@ def _load(text):
         if not isinstance(record, dict) or json.dumps(record.get("key"), sort_keys=True) != text:
             raise ValueError("its key differs")
         choice = record.get("choice")
-        if choice not in executor.IMPLEMENTATIONS:
+        if choice not in candidates():
             raise ValueError(f"unknown implementation {choice!r}")
         return choice
     except (OSError, ValueError, UnicodeDecodeError) as error:

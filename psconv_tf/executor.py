@@ -15,6 +15,8 @@ Every implementation computes the same function (Eq. 3) from the same kernel:
   (`rate_conv.RateConv.space_to_batch`): two copies more, but far faster
   backward passes where groups have few channels (ResNeXt) on TensorFlow's
   CPU, whose dilated kernels are slow there.
+- `"fused"` (JAX only, `JAX_IMPLEMENTATIONS`): Pallas kernels that compute
+  Eq. 3 in one pass each (`fused_executor`); it runs no plan.
 
 Reads. A plan's convolutions read runs of consecutive channels: inputs,
 kernels and output terms are cut with one split per tensor and joined with
@@ -32,6 +34,8 @@ import numpy as np
 from keras import ops
 
 IMPLEMENTATIONS = ("split", "grouped", "masked", "grouped_s2b")
+# Implementations that need the JAX backend.
+JAX_IMPLEMENTATIONS = ("fused",)
 
 # A selection made of more runs than this is read with one gather instead.
 MAX_RUNS = 16

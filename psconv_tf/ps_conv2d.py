@@ -15,7 +15,7 @@ from psconv_tf import lattice
 from psconv_tf import rate_conv
 
 PADDINGS = rate_conv.PADDINGS
-IMPLEMENTATIONS = ("auto",) + executor.IMPLEMENTATIONS
+IMPLEMENTATIONS = ("auto",) + executor.IMPLEMENTATIONS + executor.JAX_IMPLEMENTATIONS
 
 
 def _is_positive_int(value):
@@ -101,7 +101,12 @@ class PSConv2D(keras.layers.Layer):
             `"masked"`: one convolution per rate over all channels with the
             kernel masked to that rate (more MACs, fewest ops; tiny layers);
             `"grouped_s2b"`: `"grouped"`, dilation run as space-to-batch at
-            stride 1 (fast backward passes for few channels per group).
+            stride 1 (fast backward passes for few channels per group);
+            `"fused"` (JAX backend only): one Pallas kernel per pass
+            (forward, input and kernel gradients), Triton on GPUs and
+            interpret mode (exact, slow) elsewhere, see
+            `psconv_tf.fused_executor`; other backends refuse it, also in
+            a saved config: models that change backends keep `"auto"`.
         Gathers: none with the blocked layout; otherwise wherever a channel
         selection has more than `executor.MAX_RUNS` runs (the interleaved
         layout, explicit matrices with scattered rates); none in "masked".
@@ -170,6 +175,13 @@ class PSConv2D(keras.layers.Layer):
             raise ValueError(
                 f"Argument `implementation` must be one of {IMPLEMENTATIONS}. "
                 f"Received: implementation={implementation!r}"
+            )
+        if (implementation in executor.JAX_IMPLEMENTATIONS
+                and keras.backend.backend() != "jax"):
+            raise ValueError(
+                f"Argument `implementation`={implementation!r} needs the JAX "
+                f"backend; this process runs {keras.backend.backend()!r}. Use "
+                f"'auto' or one of {executor.IMPLEMENTATIONS}."
             )
         self.implementation = implementation
         self.filters = int(filters)
@@ -378,6 +390,13 @@ class PSConv2D(keras.layers.Layer):
         return self._executors[implementation]
 
     def _make_executor(self, implementation, in_channels):
+        if implementation == "fused":
+            from psconv_tf import fused_executor  # imports JAX
+
+            return fused_executor.FusedExecutor(
+                explicit_matrix.compress(self._matrix, self.groups), self.groups,
+                self.kernel_size, self.strides, self.padding,
+            )
         convs = {
             rate: rate_conv.RateConv(
                 rate, self.kernel_size, self.strides, self.padding,
