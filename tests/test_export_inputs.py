@@ -4,6 +4,7 @@ line naming what is wrong, and no half-written file."""
 
 import os
 import re
+import warnings
 
 import keras
 import numpy as np
@@ -183,9 +184,14 @@ def test_undecodable_calibration_images_are_skipped_and_named(tmp_path):
         (tmp_path / f"{index}.png").write_bytes(tf.io.encode_png(image).numpy())
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a JPEG")
     dataset = export.representative_dataset(str(tmp_path), (8, 8, 3), num_samples=10)
-    with pytest.warns(UserWarning, match="Skipped calibration image .*broken.jpg"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         samples = [sample[0] for sample in dataset()]
     assert len(samples) == 3
+    messages = [str(warning.message) for warning in caught]
+    assert len(messages) == 2, messages
+    assert re.match("Skipped calibration image .*broken.jpg: cannot decode it", messages[0])
+    assert messages[1] == f"Skipped 1 undecodable calibration image(s) in {tmp_path}."
 
 
 @pytest.fixture(scope="module")
