@@ -87,10 +87,24 @@ def tiny_ps_resnet(input_shape=(28, 28, 1), width=16, num_classes=10):
     )
 
 
-def run_tflite(flatbuffer, images):
-    """Outputs of a TFLite flatbuffer's serving signature (LiteRT runtime)."""
+def run_tflite(flatbuffer, images, output="logits"):
+    """An output of a TFLite flatbuffer's serving signature (LiteRT runtime).
+
+    Float images for an integer input are quantized, and an integer output
+    is dequantized, with the tensors' scale and zero point.
+    """
     runner = Interpreter(model_content=flatbuffer).get_signature_runner()
-    return runner(images=images)["output_0"]
+    image_details = runner.get_input_details()["images"]
+    if np.issubdtype(image_details["dtype"], np.integer) and images.dtype.kind == "f":
+        scale, zero_point = image_details["quantization"]
+        limits = np.iinfo(image_details["dtype"])
+        images = np.clip(np.round(images / scale + zero_point), limits.min, limits.max)
+        images = images.astype(image_details["dtype"])
+    outputs = runner(images=images)[output]
+    if np.issubdtype(outputs.dtype, np.integer):
+        scale, zero_point = runner.get_output_details()[output]["quantization"]
+        outputs = scale * (outputs.astype("float32") - zero_point)
+    return outputs
 
 
 def analyzed_operators(flatbuffer):

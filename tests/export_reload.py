@@ -20,7 +20,7 @@ import tensorflow as tf  # noqa: E402
 def main(saved_model_dir, images_path, outputs_path):
     serve = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
     outputs = serve(images=tf.constant(np.load(images_path)))
-    np.save(outputs_path, outputs["output_0"].numpy())
+    np.save(outputs_path, outputs["logits"].numpy())
 
 
 if __name__ == "__main__":

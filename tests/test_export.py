@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
 from export_data import BUILTIN_OPERATORS
 from export_data import analyzed_operators
@@ -124,6 +125,7 @@ def test_int8_agrees_with_float_model(tmp_path, record_property):
     for name, input_types in analyzed_operators(int8):
         if name in ("CONV_2D", "FULLY_CONNECTED"):
             assert input_types[0] == "INT8", (name, input_types)
+    assert export.float_operators(int8) == []
 
 
 def test_saved_model_serves_with_tensorflow_alone(tmp_path):
@@ -161,14 +163,8 @@ def test_run_directory_exports_best_model(tmp_path):
     assert spec.shape.as_list() == [None, 28, 28, 1] and spec.dtype == tf.uint8
     images = np.random.default_rng(2).integers(0, 256, (2, 28, 28, 1), np.uint8)
     reference = model(((images - mean) / std).astype("float32"), training=False)
-    outputs = serve(images=tf.constant(images))["output_0"].numpy()
+    outputs = serve(images=tf.constant(images))["logits"].numpy()
     assert relative_error(outputs, reference.numpy()) <= 1e-5
-
-
-def test_run_directory_without_best_model(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="best.keras"):
-        export.load_model(str(tmp_path))
 
 
 def test_representative_data_from_directory(tmp_path):
@@ -195,93 +191,8 @@ def test_representative_data_from_array_and_callable():
     np.testing.assert_array_equal(
         np.concatenate([s[0] for s in from_callable()]), images.astype(np.float32)
     )
-    wrong_shape = export.representative_dataset(images, (8, 8, 1))
     with pytest.raises(ValueError, match=r"shape \(8, 8, 1\)"):
-        next(wrong_shape())
-
-
-class NumpyLayer(keras.layers.Layer):
-    def call(self, inputs):
-        return inputs - np.asarray(inputs).mean()
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-
-class PythonLayer(keras.layers.Layer):
-    def call(self, inputs):
-        outputs = tf.py_function(lambda x: 2 * x, [inputs], tf.float32)
-        outputs.set_shape(inputs.shape)
-        return outputs
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-
-class SvdLayer(keras.layers.Layer):
-    def call(self, inputs):
-        return inputs * tf.reduce_sum(tf.linalg.svd(inputs, compute_uv=False))
-
-
-@pytest.mark.parametrize(
-    "layer_class, message",
-    [
-        (NumpyLayer, "NumpyLayer.call"),
-        (PythonLayer, "EagerPyFunc .*layer 'odd'"),
-        (SvdLayer, "tf.Svd .*layer 'odd'"),
-    ],
-)
-def test_unexportable_layer_is_named(layer_class, message, tmp_path):
-    inputs = keras.Input((8, 8, 4))
-    outputs = layer_class(name="odd")(keras.layers.Conv2D(4, 3)(inputs))
-    model = keras.Model(inputs, outputs)
-    with pytest.raises(export.ExportError, match=message):
-        export.export(model, str(tmp_path), formats=["float32"])
-
-
-@pytest.mark.parametrize(
-    "call, error, message",
-    [
-        (lambda d: export.export("ps_cifar_resnet20", d, formats=["onnx"]),
-         ValueError, "formats"),
-        (lambda d: export.export("ps_cifar_resnet20", d, formats=["int8"]),
-         ValueError, "representative_data"),
-        (lambda d: export.load_model(os.path.join(d, "missing.keras")),
-         FileNotFoundError, "missing.keras"),
-        (lambda d: export.load_model("ps_resnet_1000"), ValueError, "ps_resnet_1000"),
-        (lambda d: export.convert_to_tflite(d, "int4"), ValueError, "int4"),
-        (lambda d: export.serving_model(models.get("cifar_resnet20"),
-                                        input_dtype="int16"),
-         ValueError, "input_dtype"),
-        (lambda d: export.serving_model(models.get("cifar_resnet20"),
-                                        normalization="coco"),
-         ValueError, "normalization"),
-        (lambda d: export.representative_dataset(os.path.join(d, "x.txt"), (4, 4, 1)),
-         FileNotFoundError, "x.txt"),
-    ],
-    ids=["format", "int8-data", "missing-file", "unknown-model", "quantization",
-         "input-dtype", "normalization", "missing-data"],
-)
-def test_bad_arguments_are_named(call, error, message, tmp_path):
-    with pytest.raises(error, match=message):
-        call(str(tmp_path))
-
-
-def test_unsupported_model_file(tmp_path):
-    path = tmp_path / "model.onnx"
-    path.write_bytes(b"")
-    with pytest.raises(ValueError, match="model.onnx"):
-        export.load_model(str(path))
-
-
-def test_int8_needs_float_signature(tmp_path):
-    saved_model = export.export_saved_model(
-        models.get("cifar_resnet20"), str(tmp_path), input_dtype="uint8"
-    )
-    with pytest.raises(ValueError, match="float32 signature"):
-        export.convert_to_tflite(
-            saved_model, "int8", np.zeros((1, 32, 32, 3), np.uint8)
-        )
+        export.representative_dataset(images, (8, 8, 1))
 
 
 def test_command_line(tmp_path, capsys):
@@ -306,89 +217,6 @@ def test_command_line(tmp_path, capsys):
     assert "formats" in capsys.readouterr().err
 
 
-def _corrupt_keras_file(tmp_path, kind):
-    path = tmp_path / "model.keras"
-    if kind == "empty":
-        path.write_bytes(b"")
-    else:
-        tiny_ps_resnet().save(path)
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    return path
-
-
-@pytest.mark.parametrize("kind", ["empty", "truncated"])
-def test_damaged_keras_file_is_named(tmp_path, capsys, kind):
-    path = _corrupt_keras_file(tmp_path, kind)
-    with pytest.raises(export.ExportError, match="model.keras' is not a readable .keras file"):
-        export.load_model(str(path))
-    with pytest.raises(SystemExit) as exit_info:
-        export.main([str(path), str(tmp_path / "out")])
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err
-    assert "is not a readable .keras file" in error and "Traceback" not in error
-
-
-def test_damaged_run_config_is_named(tmp_path):
-    tiny_ps_resnet().save(tmp_path / "best.keras")
-    (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(export.ExportError, match="config.json is not valid JSON"):
-        export.export(str(tmp_path), str(tmp_path / "out"), formats=["saved_model"])
-
-
-@pytest.mark.parametrize("setup, message", [
-    (lambda out: out.write_text("a file"), "is a file"),
-    (lambda out: out.parent.chmod(0o500), "Cannot write to output directory"),
-], ids=["file", "read-only"])
-def test_unwritable_output_dir_is_an_error(tmp_path, capsys, setup, message):
-    if message.startswith("Cannot") and os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders")
-    parent = tmp_path / "parent"
-    parent.mkdir()
-    setup(parent / "out")
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            export.main(["ps_cifar_resnet20", str(parent / "out")])
-    finally:
-        parent.chmod(0o700)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-def test_output_dir_permission_error_is_an_error(tmp_path, monkeypatch, capsys):
-    def refuse(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(os, "makedirs", refuse)
-    with pytest.raises(SystemExit):
-        export.main(["ps_cifar_resnet20", str(tmp_path / "out")])
-    error = capsys.readouterr().err
-    assert "Cannot write to output directory" in error and "Permission denied" in error
-
-
-@pytest.mark.parametrize("flag, value", [("--mean", "nan"), ("--std", "0.2,inf,0.2")])
-def test_non_finite_statistics_are_refused(tmp_path, capsys, flag, value):
-    other = "--std" if flag == "--mean" else "--mean"
-    with pytest.raises(SystemExit) as exit_info:
-        export.main(["ps_cifar_resnet20", str(tmp_path / "out"), "--normalize",
-                     f"{flag}={value}", f"{other}=0.5,0.5,0.5"])
-    assert exit_info.value.code == 2
-    assert f"argument {flag}: expected finite numbers" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="finite"):
-        export.serving_model(models.get("cifar_resnet20"),
-                             normalization=((float("nan"),) * 3, (0.5,) * 3))
-
-
-def test_undecodable_calibration_images_are_skipped_and_named(tmp_path):
-    images = np.random.default_rng(5).integers(0, 256, (3, 8, 8, 3), np.uint8)
-    for index, image in enumerate(images):
-        (tmp_path / f"{index}.png").write_bytes(tf.io.encode_png(image).numpy())
-    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a JPEG")
-    dataset = export.representative_dataset(str(tmp_path), (8, 8, 3), num_samples=10)
-    with pytest.warns(UserWarning, match="Skipped calibration image .*broken.jpg"):
-        samples = [sample[0] for sample in dataset()]
-    assert len(samples) == 3
-
-
 def test_interrupted_export_keeps_previous_files(tmp_path, monkeypatch):
     out = tmp_path / "out"
     model = tiny_ps_resnet()
@@ -411,3 +239,58 @@ def test_interrupted_export_keeps_previous_files(tmp_path, monkeypatch):
     assert sorted(os.listdir(out)) == ["model_float32.tflite", "saved_model"]
     serve = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
     assert serve.structured_input_signature[1]["images"].dtype == tf.float32
+
+
+def _signature_outputs(flatbuffer):
+    return Interpreter(model_content=flatbuffer).get_signature_list()["serving_default"]
+
+
+def test_signature_outputs_are_named(tmp_path):
+    # The zoo's classifiers end in a Dense without activation: logits.
+    paths = export.export(tiny_ps_resnet(), str(tmp_path / "zoo"), formats=["float32"])
+    serve = tf.saved_model.load(paths["saved_model"]).signatures["serving_default"]
+    assert list(serve.structured_outputs) == ["logits"]
+    with open(paths["float32"], "rb") as file:
+        assert _signature_outputs(file.read()) == {"inputs": ["images"], "outputs": ["logits"]}
+    # A model ending in a softmax keeps its output's name; dict outputs their keys.
+    inputs = keras.Input((8, 8, 1))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    softmax = keras.layers.Dense(3, activation="softmax", name="predictions")(features)
+    assert export.output_names(keras.Model(inputs, softmax)) == ["predictions"]
+    pair = keras.Model(inputs, {"embedding": features, "scores": softmax})
+    saved_model = export.export_saved_model(pair, str(tmp_path / "pair"))
+    serve = tf.saved_model.load(saved_model).signatures["serving_default"]
+    assert sorted(serve.structured_outputs) == ["embedding", "scores"]
+
+
+def test_int8_file_takes_and_returns_integers(tmp_path):
+    keras.utils.set_random_seed(1)
+    model = tiny_ps_resnet(width=8)
+    images = np.random.default_rng(6).normal(size=(16, 28, 28, 1)).astype("float32")
+    saved_model = export.export_saved_model(model, str(tmp_path / "saved_model"))
+    int8 = export.convert_to_tflite(saved_model, "int8", images, num_samples=16)
+    details = Interpreter(model_content=int8).get_signature_runner()
+    assert details.get_input_details()["images"]["dtype"] == np.int8
+    assert details.get_output_details()["logits"]["dtype"] == np.int8
+    assert export.float_operators(int8) == []
+    scale, zero_point = export.io_quantization(int8)["output"]
+    assert scale > 0 and -128 <= zero_point <= 127
+    # Dequantized, the integer outputs follow the float model.
+    reference = model(images, training=False).numpy()
+    assert relative_error(run_tflite(int8, images), reference) <= 0.1
+
+
+def test_keras_litert_export_of_a_ps_model(tmp_path):
+    """Keras's own LiteRT export converts PS models as they are: builtin
+    operators, outputs as Keras's (what the README recommends it for)."""
+    model = tiny_ps_resnet()
+    model.export(str(tmp_path / "model.tflite"), format="litert", verbose=False)
+    with open(tmp_path / "model.tflite", "rb") as file:
+        flatbuffer = file.read()
+    assert set(export.tflite_operators(flatbuffer)) <= BUILTIN_OPERATORS
+    images = np.random.default_rng(7).normal(size=(2, 28, 28, 1)).astype("float32")
+    runner = Interpreter(model_content=flatbuffer).get_signature_runner()
+    (input_name,) = runner.get_input_details()
+    outputs = np.concatenate([next(iter(runner(**{input_name: image[None]}).values()))
+                              for image in images])
+    assert relative_error(outputs, model(images, training=False).numpy()) <= 1e-5

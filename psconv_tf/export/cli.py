@@ -39,7 +39,10 @@ def _parser():
         prog="python -m psconv_tf.export",
         description=(
             "Export a model to a SavedModel (serving signature 'images' -> "
-            "outputs) and TFLite flatbuffers with builtin operators only."
+            "'logits' for the zoo's classifiers, else the model's output "
+            "names) and TFLite flatbuffers with builtin operators only; the "
+            "int8 file takes and returns integers (int8, or uint8 images with "
+            "--input-dtype uint8) with their scale and zero point."
         ),
     )
     parser.add_argument(
@@ -58,7 +61,8 @@ def _parser():
         "--input-shape", type=lambda t: _int_list(t, 3, "--input-shape"),
         help="model input H,W,C (default: the architecture's)",
     )
-    zoo.add_argument("--weights", help="a .weights.h5 file to load")
+    zoo.add_argument("--weights", help="a .weights.h5 file (or a .keras file's "
+                     "weights) to load into the zoo model")
     serving = parser.add_argument_group("serving signature")
     serving.add_argument(
         "--input-dtype", choices=INPUT_DTYPES, default="float32",
@@ -102,6 +106,10 @@ def main(argv=None):
         parser.error("--mean and --std go together")
     if args.mean and not args.normalize:
         parser.error("--mean and --std apply with --normalize")
+    formats = [f for f in args.formats.split(",") if f]
+    if args.representative_data is not None and "int8" not in formats:
+        parser.error("--representative-data calibrates the int8 format: add int8 "
+                     "to --formats")
     normalization = None
     if args.normalize:
         normalization = (args.mean, args.std) if args.mean else "auto"
@@ -117,7 +125,7 @@ def main(argv=None):
     try:
         paths = export(
             args.source, args.output_dir,
-            formats=[f for f in args.formats.split(",") if f],
+            formats=formats,
             representative_data=args.representative_data,
             num_samples=args.num_samples,
             input_dtype=args.input_dtype,

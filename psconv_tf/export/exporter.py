@@ -6,12 +6,14 @@ import warnings
 
 from psconv_tf.export.errors import ExportError
 from psconv_tf.freeze import freeze
+from psconv_tf.export.calibration import representative_dataset
 from psconv_tf.export.serving import export_saved_model
+from psconv_tf.export.serving import serving_model
 from psconv_tf.export.sources import load_model
 from psconv_tf.export.sources import read_run_config
 from psconv_tf.export.tflite import QUANTIZATIONS
 from psconv_tf.export.tflite import convert_to_tflite
-from psconv_tf.export.tflite import input_quantization
+from psconv_tf.export.tflite import io_quantization
 from psconv_tf import files
 
 FORMATS = ("saved_model",) + QUANTIZATIONS
@@ -36,9 +38,9 @@ def export(
             `representative_dataset`.
         input_dtype, normalization, input_size: the serving signature, see
             `serving_model`; normalization="auto" is the training run's
-            (config.json) for a run directory, else ImageNet's. With
-            input_dtype="uint8", the int8 file takes uint8 images too (see
-            `convert_to_tflite`'s `int8_input`).
+            (config.json) for a run directory, else ImageNet's. The int8
+            file takes int8 images, or uint8 ones with input_dtype="uint8"
+            (see `convert_to_tflite`'s `int8_input`), and returns int8.
         **model_kwargs: for zoo names, see `load_model`.
 
     Returns:
@@ -70,6 +72,9 @@ def export(
         normalization=normalization, input_size=input_size,
         image_size=run["image_size"],
     )
+    if "int8" in formats:  # Bad calibration data fails before anything is written.
+        images = serving_model(model, **signature).inputs[0]
+        next(representative_dataset(representative_data, images.shape[1:], num_samples)())
     _check_output_dir(output_dir)
     saved_model_dir = os.path.join(output_dir, "saved_model")
     export_saved_model(model, saved_model_dir, input_dtype=input_dtype, **signature)
@@ -121,7 +126,7 @@ def _convert_int8(
             float_dir, "int8", representative_data, num_samples,
             int8_input="uint8",
         )
-    scale, zero_point = input_quantization(flatbuffer)
+    scale, zero_point = io_quantization(flatbuffer)["input"]
     if (scale, zero_point) != (1.0, 0):
         warnings.warn(
             f"The int8 model's uint8 input has scale {scale} and zero point "

@@ -75,7 +75,8 @@ def serving_model(
             leaves it free (None); ignored otherwise.
 
     Returns:
-        A `keras.Model` with one input named "images".
+        A `keras.Model` with one input named "images" and a dict of named
+        outputs (see `output_names`).
     """
     if input_dtype not in INPUT_DTYPES:
         raise ValueError(
@@ -112,7 +113,35 @@ def serving_model(
         x = keras.layers.Normalization(
             mean=mean, variance=std**2, name="normalize"
         )(x)
-    return keras.Model(images, model(x, training=False), name=f"{model.name}_serving")
+    outputs = model(x, training=False)
+    if not isinstance(outputs, dict):
+        outputs = dict(zip(output_names(model), keras.tree.flatten(outputs)))
+    return keras.Model(images, outputs, name=f"{model.name}_serving")
+
+
+def output_names(model):
+    """The names of a model's outputs in its serving signature.
+
+    A model with one output whose last layer has no activation (the zoo's
+    classifiers, any model ending in a plain `Dense`) serves "logits";
+    other models serve their Keras output names (e.g. "predictions" for
+    `keras.applications` classifiers, whose last layer applies the softmax),
+    and dict outputs keep their keys.
+
+    >>> from psconv_tf import models
+    >>> output_names(models.get("cifar_resnet20"))
+    ['logits']
+    >>> inputs = keras.Input((4,))
+    >>> outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(inputs)
+    >>> output_names(keras.Model(inputs, outputs))
+    ['predictions']
+    """
+    names = list(getattr(model, "output_names", None) or [model.layers[-1].name])
+    if len(names) == 1:
+        activation = getattr(model.get_layer(names[0]), "activation", None)
+        if activation is keras.activations.linear:
+            return ["logits"]
+    return names
 
 
 def export_saved_model(model, directory, **serving_options):
@@ -123,7 +152,8 @@ def export_saved_model(model, directory, **serving_options):
     `directory` survives until the new one replaces it.
 
     The SavedModel needs only TensorFlow to run: `tf.saved_model.load(directory)
-    .signatures["serving_default"](images=...)`.
+    .signatures["serving_default"](images=...)` returns a dict of outputs,
+    {"logits": ...} for the zoo's classifiers (see `output_names`).
 
     Args:
         model: a `keras.Model`.

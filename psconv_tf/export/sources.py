@@ -1,6 +1,8 @@
 """What export reads: a model from a zoo name, a `.keras` file or a run folder."""
 
 import os
+import re
+import warnings
 import zipfile
 
 import keras
@@ -41,7 +43,11 @@ def load_model(source, **model_kwargs):
         )
     source = os.fspath(source)
     if source in models.list_models():
-        return models.get(source, **model_kwargs)
+        weights = model_kwargs.pop("weights", None)
+        model = models.get(source, **model_kwargs)
+        if weights is not None:
+            load_weights_file(model, os.fspath(weights))
+        return model
     if os.path.isdir(source):
         _reject_model_kwargs(model_kwargs, "a training run directory")
         return _load_run(source)
@@ -69,6 +75,60 @@ def _reject_model_kwargs(model_kwargs, what):
             f"Model arguments {sorted(model_kwargs)} apply to zoo model names "
             f"only, not to {what}."
         )
+
+
+def load_weights_file(model, path):
+    """Loads a Keras weights file (`.weights.h5`, or a `.keras` file's
+    weights) into `model`; any failure is one line naming the file.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ExportError: the file is unreadable or holds weights of another
+            model (the message names a layer and the shapes that differ).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No weights file at {path!r}.")
+    if not path.endswith((".weights.h5", ".keras", ".h5")):
+        raise ExportError(
+            f"{path!r} is not a Keras weights file (.weights.h5, or a .keras "
+            "file). A PyTorch checkpoint loads with psconv_tf.load_torch(model, "
+            "path); save that model as .keras and export the file."
+        )
+    # Keras warns about every part it skips before it raises; the error
+    # below says what does not fit. Warnings of a load that succeeds stay.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(path)
+        except (ValueError, OSError, KeyError) as error:
+            raise ExportError(_weights_error(path, model, error)) from None
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                               warning.lineno)
+
+
+def _weights_error(path, model, error):
+    """One line for Keras's error on loading weights that do not fit."""
+    text = str(error)
+    count = re.search(r"A total of (\d+) objects could not be loaded", text)
+    differ = f"{count.group(1)} layer(s) differ; " if count else ""
+    hint = ("weights of the same model built with other arguments "
+            "(num_classes, input_shape, ...) or of another architecture?")
+    shapes = re.search(r"variable\.shape=(\(.*?\)), Received: value\.shape=(\(.*?\))", text)
+    variable = re.search(r"path=([^,\s]+)", text)
+    if shapes:
+        where = f"variable {variable.group(1)!r}" if variable else "a variable"
+        return (f"Weights file {path!r} does not fit model {model.name!r}: {where} has "
+                f"shape {shapes.group(1)} in the model and {shapes.group(2)} in the file "
+                f"({differ}{hint})")
+    counts = re.search(r"Layer '(.+?)' expected (\d+) variables, but received (\d+)", text)
+    if counts:
+        layer, expected, received = counts.groups()
+        return (f"Weights file {path!r} does not fit model {model.name!r}: layer "
+                f"{layer!r} has {expected} variable(s), the file {received} for it "
+                f"({differ}{hint})")
+    first_line = text.strip().partition("\n")[0]
+    return f"{path!r} is not a readable weights file for model {model.name!r} ({first_line})."
 
 
 def load_keras_file(path):

@@ -20,15 +20,17 @@ def convert_to_tflite(
         saved_model_dir: a SavedModel, e.g. from `export_saved_model`.
         quantization: "float32", "float16" (float16 weights),
             "dynamic_int8" (int8 weights, dynamic-range activations) or
-            "int8" (integer-only computation; needs `representative_data`
-            and a float32 signature).
+            "int8" (integer-only: integer input, computation and output;
+            needs `representative_data` and a float32 signature).
         representative_data: calibration data for "int8", see
             `representative_dataset`.
         num_samples: number of calibration images.
-        int8_input: for "int8", None (the model takes float32 and quantizes
-            it) or "uint8" / "int8", the dtype of its input tensor, whose
-            scale and zero point come from calibration: (1, 0) for "uint8"
-            when the calibration images span the pixel values 0 to 255.
+        int8_input: for "int8", the dtype of the input tensor: "int8"
+            (default) or "uint8". Its scale and zero point come from
+            calibration: (1, 0) for "uint8" when the calibration images
+            span the pixel values 0 to 255. The output tensor is int8, with
+            its own scale and zero point (float = scale * (q - zero point));
+            see `io_quantization`.
 
     Returns:
         The flatbuffer as bytes; it uses builtin TFLite operators only.
@@ -65,8 +67,8 @@ def convert_to_tflite(
         converter.target_spec.supported_types = [tf.float16]
     if quantization == "int8":
         _set_integer_only(converter, saved_model_dir, representative_data, num_samples)
-        if int8_input is not None:
-            converter.inference_input_type = tf.as_dtype(int8_input)
+        converter.inference_input_type = tf.as_dtype(int8_input or "int8")
+        converter.inference_output_type = tf.int8
     try:
         flatbuffer = converter.convert()
     except Exception as error:  # The converter's error types are private.
@@ -97,7 +99,8 @@ def _set_integer_only(converter, saved_model_dir, representative_data, num_sampl
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     # The default (MLIR) quantizer leaves convolutions of strided PSConv2D
     # layers in float: the flatbuffer quantizer quantizes every operator
-    # (though not a uint8 -> float cast, hence the float32 signature).
+    # (though not a uint8 -> float cast, hence the float32 signature; the
+    # converter's inference_input_type gives the file its uint8 input).
     converter.experimental_new_quantizer = False
 
 
@@ -136,8 +139,11 @@ def tflite_operators(flatbuffer):
 
 
 def float_operators(flatbuffer):
-    """Operators that compute in float: those with a float input, except
-    the QUANTIZE operators at the integer model's input."""
+    """Operators that compute in float, and float inputs and outputs.
+
+    An operator counts when one of its inputs is a float tensor; the
+    model's inputs and outputs count when they are float tensors.
+    """
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
@@ -148,8 +154,11 @@ def float_operators(flatbuffer):
         for operator in subgraph.operators:
             name = flatbuffer_utils.opcode_to_name(model, operator.opcodeIndex)
             inputs = [subgraph.tensors[i] for i in operator.inputs if i >= 0]
-            if name != "QUANTIZE" and any(t.type in float_types for t in inputs):
+            if any(t.type in float_types for t in inputs):
                 found.append(f"{name}({inputs[0].name.decode()})")
+        for kind, indices in (("input", subgraph.inputs), ("output", subgraph.outputs)):
+            found += [f"{kind} {subgraph.tensors[i].name.decode()}" for i in indices
+                      if subgraph.tensors[i].type in float_types]
     return found
 
 
@@ -172,12 +181,17 @@ def _require_integer_only(flatbuffer):
 
 
 
-def input_quantization(flatbuffer):
-    """(scale, zero point) of the first input of a TFLite flatbuffer."""
+def io_quantization(flatbuffer):
+    """{"input": (scale, zero point), "output": (scale, zero point)} of the
+    first input and output of a quantized TFLite flatbuffer: an integer q
+    stands for scale * (q - zero point). The interpreter's
+    `get_input_details()` / `get_output_details()` give the same."""
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
     subgraph = model.subgraphs[0]
-    quantization = subgraph.tensors[subgraph.inputs[0]].quantization
-    return float(quantization.scale[0]), int(quantization.zeroPoint[0])
-
+    quantization = {}
+    for kind, indices in (("input", subgraph.inputs), ("output", subgraph.outputs)):
+        parameters = subgraph.tensors[indices[0]].quantization
+        quantization[kind] = (float(parameters.scale[0]), int(parameters.zeroPoint[0]))
+    return quantization
