@@ -126,16 +126,24 @@ def test_nan_weights_are_never_saved(tmp_path):
 
 def test_leftover_temporaries_are_removed_on_resume(tmp_path):
     _fit(tmp_path, recipe=dataclasses.replace(RECIPE, epochs=1))
-    leftovers = [tmp_path / "backup" / "ckpt-9_temp", tmp_path / "backup" / "checkpoint.tmp5f3a",
-                 tmp_path / "best.tmp-0123456789ab.keras", tmp_path / "metrics.tmp-0123456789ab.json"]
+    # What killed writers leave: tf.train.CheckpointManager's temporaries,
+    # ours, and those of the release before (".tmp-").
+    leftovers = [tmp_path / "backup" / "ckpt-9_temp", tmp_path / "backup" / f"checkpoint.tmp{'5f3a' * 8}",
+                 tmp_path / "backup" / "ckpt-9.index.tempstate1234567",
+                 tmp_path / "best.psconv-tmp-0123456789ab.keras",
+                 tmp_path / "metrics.tmp-0123456789ab.json"]
     leftovers[0].mkdir()
     (leftovers[0] / "part-00000-of-00001").write_bytes(b"partial")
     for path in leftovers[1:]:
         path.write_bytes(b"partial")
+    # Names alike that no run writes: kept.
+    kept = [tmp_path / "notes.psconv-tmp-0123456789ab.txt", tmp_path / "my_temp",
+            tmp_path / "logs" / "best.psconv-tmp-0123456789ab.keras", tmp_path / "checkpoint.tmp"]
+    for path in kept:
+        path.write_bytes(b"mine")
     _fit(tmp_path, allow_changes=True)
     assert not [path for path in leftovers if path.exists()]
-    assert not [name for root, folders, names in os.walk(tmp_path) for name in folders + names
-                if files.TEMPORARY_MARK in name or "_temp" in name or ".tmp" in name]
+    assert all(path.read_bytes() == b"mine" for path in kept)
 
 
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])

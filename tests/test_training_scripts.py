@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -62,8 +63,12 @@ def _wait_for_backup(process, run_dir, min_steps, timeout=150):
     raise AssertionError("no backup in time")
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_killed_run_resumes_at_the_saved_step_and_epoch(tmp_path, signal_number):
+    """SIGKILL: the rerun resumes from the last backup. SIGTERM and SIGINT
+    (Ctrl-C): the run saves where it is, says so in one line and exits with
+    128 + the signal; the rerun resumes there. Meanwhile the run folder is
+    locked: a second run is refused, naming the first."""
     training_helpers.write_cifar10(str(tmp_path / "data"))
     epochs = 4
     args = _cifar_args(tmp_path / "data", tmp_path / "run", "--epochs", epochs,
@@ -76,16 +81,29 @@ def test_killed_run_resumes_at_the_saved_step_and_epoch(tmp_path, signal_number)
     try:
         # Kill it in its second epoch, after a backup that is not at an epoch's end.
         _wait_for_backup(process, run_dir, CIFAR_STEPS_PER_EPOCH)
+        if signal_number == signal.SIGINT:
+            message = _error_message(cifar.main, args)
+            assert message.startswith(f"error: --run-dir: {tmp_path / 'run'} is in use by "
+                                      f"process {process.pid} on {socket.gethostname()} "), message
         process.send_signal(signal_number)
-        process.wait(timeout=30)
+        output = process.communicate(timeout=60)[0].decode()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == -signal_number
     saved = _saved_steps(os.path.join(run_dir, "backup"))
     killed_log = read_log(run_dir)
     assert CIFAR_STEPS_PER_EPOCH < saved < epochs * CIFAR_STEPS_PER_EPOCH
+    if signal_number == signal.SIGKILL:
+        assert process.returncode == -signal_number
+    else:
+        assert process.returncode == 128 + signal_number, output[-3000:]
+        epoch, step = divmod(saved, CIFAR_STEPS_PER_EPOCH)
+        assert output.strip().splitlines()[-1] == (
+            f"stopped by {signal_number.name} at epoch {epoch + 1}, step {step}; rerun the "
+            "same command to resume"), output[-3000:]
+        assert "Traceback" not in output
+        assert killed_log[-1]["event"] == "stopped" and killed_log[-1]["steps_done"] == saved
 
     cifar.main(args)  # the same command again, here
     log = read_log(run_dir)[len(killed_log):]
@@ -420,8 +438,10 @@ def test_undecodable_images_are_skipped_counted_and_listed(tmp_path, capsys):
     output = capsys.readouterr().out
     assert f"train: 1 of 3 images cannot be decoded\n  {bad_train}" in output
     assert f"val: 1 of 2 images cannot be decoded\n  {bad_val}" in output
+    # Skipped before training, they count as skipped.
     checked = read_json(tmp_path / "checked" / "metrics.json")["skipped_images"]
-    assert checked["train"]["count"] == checked["eval"]["count"] == 0
+    assert checked == {"train": {"count": 1, "files": [str(bad_train)]},
+                       "eval": {"count": 1, "files": [str(bad_val)]}}
 
 
 def test_diverging_run_exits_with_an_error_and_saves_nothing(tmp_path):
