@@ -9,9 +9,9 @@ target).
 Temporaries carry a mark no one else uses, `.psconv-tmp-<12 hex digits>`,
 inserted before the name's first extension so that writers which require
 a suffix (`.keras`, `.weights.h5`) accept them: `best.keras` is written as
-`best.psconv-tmp-0123456789ab.keras`. `temporary_of` recognises them (and
-those of earlier releases, `best.tmp-0123456789ab.keras`); the run folder
-removes only the temporaries of the entries its manifest lists
+`best.psconv-tmp-0123456789ab.keras`. `temporary_of` recognises them (and,
+asked to, those of earlier releases, `best.tmp-0123456789ab.keras`); a run
+folder removes only the temporaries of the entries its manifest lists
 (`psconv_tf.training.ownership`).
 """
 
@@ -24,8 +24,9 @@ import uuid
 import tensorflow as tf
 
 TEMPORARY_MARK = ".psconv-tmp-"
-# The mark, and that of earlier releases (".tmp-"), with its random part.
-_TEMPORARY = re.compile(r"\.(?:psconv-tmp|tmp)-[0-9a-f]{12}")
+_TEMPORARY = re.compile(r"\.psconv-tmp-[0-9a-f]{12}")
+# The mark of earlier releases, recognised in their folders only.
+_EARLIER_TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{12}")
 
 
 def temporary_path(path):
@@ -42,18 +43,21 @@ def temporary_path(path):
     return os.path.join(folder, f"{stem}{TEMPORARY_MARK}{uuid.uuid4().hex[:12]}{extensions}")
 
 
-def temporary_of(name):
-    """The name a temporary was written for, or None if `name` is none.
+def temporary_of(name, earlier_release=False):
+    """The name a temporary was written for, or None if `name` is none;
+    with `earlier_release`, the temporaries of earlier releases too
+    (`best.tmp-0123456789ab.keras`).
 
     >>> temporary_of("best.psconv-tmp-0123456789ab.keras")
     'best.keras'
-    >>> temporary_of("notes.tmp-2024.txt") is None
+    >>> temporary_of("best.tmp-0123456789ab.keras") is None
     True
     """
-    match = _TEMPORARY.search(name)
-    if match is None:
-        return None
-    return name[:match.start()] + name[match.end():]
+    for pattern in (_TEMPORARY, _EARLIER_TEMPORARY) if earlier_release else (_TEMPORARY,):
+        match = pattern.search(name)
+        if match is not None:
+            return name[:match.start()] + name[match.end():]
+    return None
 
 
 @contextlib.contextmanager

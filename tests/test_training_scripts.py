@@ -18,6 +18,7 @@ from psconv_tf import models
 from psconv_tf.training import cli
 from psconv_tf.training import configs
 from psconv_tf.training.run_config import RunConfig
+from training_helpers import imagenet_args
 from training_helpers import read_json
 from training_helpers import read_log
 
@@ -161,30 +162,12 @@ def test_multiworker_training_on_two_local_workers(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def _write_image_tree(folder, split, classes, count):
-    for index, name in enumerate(classes):
-        os.makedirs(os.path.join(folder, split, name))
-        for number in range(count):
-            image = np.random.default_rng(index * 100 + number).integers(
-                0, 256, (36 + number, 44, 3), dtype=np.uint8)
-            tf.io.write_file(os.path.join(folder, split, name, f"{number}.jpg"),
-                             tf.io.encode_jpeg(image))
-
-
-def _imagenet_args(data_dir, run_dir, *extra):
-    return [str(arg) for arg in (
-        "--data-dir", data_dir, "--model", "cifar_resnet20", "--image-size", 32,
-        "--batch-size", 4, "--epochs", 1, "--run-dir", run_dir, "--strategy", "cpu",
-        "--verbose", 0, *extra,
-    )]
-
-
 def test_imagenet_on_class_folders_writes_a_complete_run_dir(tmp_path):
     classes = ("cat", "dog", "fox")
-    _write_image_tree(str(tmp_path / "data"), "train", classes, 4)
-    _write_image_tree(str(tmp_path / "data"), "val", classes, 2)
+    training_helpers.write_image_tree(str(tmp_path / "data"), "train", classes, 4)
+    training_helpers.write_image_tree(str(tmp_path / "data"), "val", classes, 2)
     run_dir = tmp_path / "run"
-    metrics = imagenet.main(_imagenet_args(tmp_path / "data", run_dir, "--warmup-epochs", 0.5))
+    metrics = imagenet.main(imagenet_args(tmp_path / "data", run_dir, "--warmup-epochs", 0.5))
     assert metrics["steps_done"] == 12 // 4
     assert {"config.json", "best.keras", "backup", "log.jsonl", "metrics.json"} <= set(
         os.listdir(run_dir))
@@ -211,7 +194,7 @@ def test_imagenet_on_class_folders_writes_a_complete_run_dir(tmp_path):
     last = epochs[-1]
     assert logged[("val_top1", last["steps_done"])] == pytest.approx(last["val_top1"])
     assert logged[("loss", last["steps_done"])] == pytest.approx(last["loss"])
-    message = _error_message(imagenet.main, _imagenet_args(
+    message = _error_message(imagenet.main, imagenet_args(
         tmp_path / "data", run_dir, "--model", "cifar_resnet56"))
     assert message.startswith(f"error: --run-dir: {run_dir} holds a run with other settings")
     assert "model: 'cifar_resnet20' -> 'cifar_resnet56'" in message
@@ -219,7 +202,7 @@ def test_imagenet_on_class_folders_writes_a_complete_run_dir(tmp_path):
 
 def test_imagenet_on_mock_tfds(tmp_path):
     with tfds.testing.mock_data(num_examples=8):
-        metrics = imagenet.main(_imagenet_args(
+        metrics = imagenet.main(imagenet_args(
             tmp_path, tmp_path / "run", "--source", "tfds", "--steps-per-epoch", 2))
     assert metrics["steps_done"] == 2
     assert read_json(tmp_path / "run" / "config.json")["num_classes"] == 1000
@@ -232,15 +215,15 @@ def _cifar_data(tmp_path):
 
 
 def _image_data(tmp_path):
-    _write_image_tree(str(tmp_path / "images"), "train", ("cat",), 2)
-    _write_image_tree(str(tmp_path / "images"), "val", ("cat",), 1)
+    training_helpers.write_image_tree(str(tmp_path / "images"), "train", ("cat",), 2)
+    training_helpers.write_image_tree(str(tmp_path / "images"), "val", ("cat",), 1)
     return tmp_path / "images"
 
 
 def _broken_run_folder(tmp_path):
     """A run folder with a backup and a config.json that is not JSON."""
     data = _image_data(tmp_path)
-    imagenet.main(_imagenet_args(data, tmp_path / "run", "--steps-per-epoch", 1))
+    imagenet.main(imagenet_args(data, tmp_path / "run", "--steps-per-epoch", 1))
     (tmp_path / "run" / "config.json").write_text('{"model": ')
     return data
 
@@ -278,7 +261,7 @@ def test_bad_input_gets_a_one_line_message(tmp_path, case):
     if script == "cifar":
         message = _error_message(cifar.main, _cifar_args(data_dir, tmp_path / "run", *extra))
     else:
-        message = _error_message(imagenet.main, _imagenet_args(data_dir, tmp_path / "run", *extra))
+        message = _error_message(imagenet.main, imagenet_args(data_dir, tmp_path / "run", *extra))
     assert message.startswith(expected.format(tmp_path=tmp_path)), message
     assert "\n" not in message and "Traceback" not in message
 
@@ -397,7 +380,7 @@ def test_seeds_report_final_and_best_error(tmp_path):
 def test_default_run_folder_is_per_model(tmp_path, monkeypatch):
     data = _image_data(tmp_path)
     monkeypatch.chdir(tmp_path)
-    args = [arg for arg in _imagenet_args(data, "x", "--steps-per-epoch", 1)]
+    args = [arg for arg in imagenet_args(data, "x", "--steps-per-epoch", 1)]
     run_dir_at = args.index("--run-dir")
     del args[run_dir_at: run_dir_at + 2]
     imagenet.main(args)
@@ -423,7 +406,7 @@ def test_undecodable_images_are_skipped_counted_and_listed(tmp_path, capsys):
     bad_train.write_bytes((data / "train" / "cat" / "0.jpg").read_bytes()[:300])
     bad_val = data / "val" / "cat" / "text.jpg"
     bad_val.write_bytes(b"not a JPEG")
-    metrics = imagenet.main(_imagenet_args(data, tmp_path / "run", "--steps-per-epoch", 2,
+    metrics = imagenet.main(imagenet_args(data, tmp_path / "run", "--steps-per-epoch", 2,
                                            "--batch-size", 1, "--epochs", 2))
     assert metrics["skipped_images"] == {"train": {"count": 1, "files": [str(bad_train)]},
                                          "eval": {"count": 1, "files": [str(bad_val)]}}
@@ -433,7 +416,7 @@ def test_undecodable_images_are_skipped_counted_and_listed(tmp_path, capsys):
     assert skipped == {("train", str(bad_train)), ("eval", str(bad_val))}
 
     capsys.readouterr()
-    imagenet.main(_imagenet_args(data, tmp_path / "checked", "--steps-per-epoch", 1,
+    imagenet.main(imagenet_args(data, tmp_path / "checked", "--steps-per-epoch", 1,
                                  "--check-images"))
     output = capsys.readouterr().out
     assert f"train: 1 of 3 images cannot be decoded\n  {bad_train}" in output

@@ -94,7 +94,8 @@ def main(argv=None):
     run_dir = args.run_dir or os.path.join("runs", f"{args.dataset}_{args.model}")
     strategy, options = cli.runtime_from_args(args, run_dir)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    ownership.check(run_dir, KIND, args.force_run_dir)  # before reading the data
+    ownership.check(run_dir, KIND, args.force_run_dir,
+                    [f"seed_{seed}" for seed in seeds])  # before reading the data
     data = small_data.load_data(args.dataset, args.data_dir, args.train_examples, args.seed)
     errors = {"final": [], "best": []}
     output_dir = worker_output_dir(strategy, run_dir)

@@ -98,7 +98,7 @@ def main(argv=None):
     recipe = cli.recipe_from_args(configs.QUICK, args, lambda epochs: ())
     run_dir = args.run_dir or os.path.join("runs", "quick_run")
     strategy, options = cli.runtime_from_args(args, run_dir)
-    ownership.check(run_dir, KIND, args.force_run_dir)  # before reading the data
+    ownership.check(run_dir, KIND, args.force_run_dir, model_names)  # before reading the data
     data = small_data.load_data("fashion_mnist", _data_dir(args.data_dir),
                                 args.train_examples, args.seed, download=False)
     results = {}

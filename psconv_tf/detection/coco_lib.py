@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import zipfile
 
 import keras
 import tensorflow as tf
@@ -264,10 +265,19 @@ def _load_detector(path):
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:  # whatever a damaged zip makes Keras raise
-        raise InputError(
-            f"{path} is damaged (not a readable .keras file: {describe_error(error)}); "
-            "train again in a new run folder, or restore the file", argument="run_dir",
-        ) from None
+        # Keras says "File not found" for a truncated file.
+        reason = (describe_error(error) if _is_zip(path)
+                  else "not a whole .keras zip file: truncated or overwritten")
+        raise InputError(f"{path} is damaged ({reason}); train again in a new run folder, "
+                         "or restore the file", argument="run_dir") from None
+
+
+def _is_zip(path):
+    try:
+        with tf.io.gfile.GFile(path, "rb") as file:
+            return zipfile.is_zipfile(file)
+    except (OSError, tf.errors.OpError):
+        return False
 
 
 class _Backup(keras.callbacks.BackupAndRestore):

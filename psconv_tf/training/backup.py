@@ -9,6 +9,7 @@ hundreds of TensorFlow warnings a failed restore prints otherwise. A
 backup of an earlier release, without the seconds, restores too.
 """
 
+import logging
 import os
 
 import tensorflow as tf
@@ -20,6 +21,12 @@ from psconv_tf.training.run_log import quiet_tensorflow
 
 # Checkpoint entries that are not required to restore (added since the first release).
 OPTIONAL = ("seconds",)
+
+
+def start_over_advice(backup_dir):
+    """How to go on from a damaged backup."""
+    return (f"move {backup_dir} away to start the run over (the other files of the run "
+            "stay), or use another run folder")
 
 
 def _key(name):
@@ -59,8 +66,7 @@ class Backup:
             InputError: (argument "run_dir") the checkpoint is damaged or of
                 another model; nothing was assigned in the first case.
         """
-        how = (f"move {os.path.dirname(prefix)} away to start the run over (the other "
-               "files of the run stay), or use another run folder")
+        how = start_over_advice(os.path.dirname(prefix))
         try:
             with quiet_tensorflow():
                 reader = tf.train.load_checkpoint(prefix)
@@ -81,7 +87,23 @@ class Backup:
                 data = tf.io.gfile.glob(prefix + ".data-*") or [prefix + ".data-*"]
                 failure = f"{data[0]} is damaged ({_reason(error)}); {how}."
         if failure:
+            # The objects half restored warn, when collected (at exit), about
+            # every value of the checkpoint: hundreds of lines after the error.
+            logger = tf.get_logger()
+            if not any(isinstance(f, _UnrestoredValues) for f in logger.filters):
+                logger.addFilter(_UnrestoredValues())
             raise InputError(failure, argument="run_dir")
+
+
+class _UnrestoredValues(logging.Filter):
+    """Drops TensorFlow's warnings about the values of a failed restore."""
+
+    MESSAGES = ("Value in checkpoint could not be found",
+                "Detecting that an object or model or tf.train.Checkpoint is being deleted "
+                "with unrestored values")
+
+    def filter(self, record):
+        return not record.getMessage().startswith(self.MESSAGES)
 
 
 def saved_steps(prefix):

@@ -14,11 +14,14 @@ A run claims its folder (`claim`) before it writes anything there:
   is already taken. A regular file is refused as well.
 
 The manifest, `psconv_run.json`, names the kind and the entries (files and
-folders at the top) that runs of this folder write. Claiming takes the
+folders at the top) that runs of this folder write, and whether an earlier
+release wrote it. Claiming takes the
 folder's lock (`run_lock.RunLock`) for as long as the run writes, and
 `Claim.remove_temporaries` removes, and only after the run's arguments and
 data were checked, nothing but what killed writers of this project left:
-- at the top, temporaries (`files.TEMPORARY_MARK`) of the manifest's entries;
+- at the top, temporaries (`files.TEMPORARY_MARK`; in a folder of an
+  earlier release also its mark `.tmp-<12 hex digits>`) of the manifest's
+  entries;
 - inside the entries that are the run's own folders (`Kind.owned_folders`,
   e.g. backup/), temporaries with that mark and those of
   `tf.train.CheckpointManager` (`ckpt-N_temp/`, `checkpoint.tmp<32 hex>`,
@@ -151,7 +154,7 @@ def _evidence(path, names, kind):
 
 
 def _known(path, name, kind):
-    if name in kind.entries or files.temporary_of(name) in kind.entries:
+    if name in kind.entries or files.temporary_of(name, earlier_release=True) in kind.entries:
         return True
     return (kind.child is not None and tf.io.gfile.isdir(os.path.join(path, name))
             and is_run_folder(os.path.join(path, name), kind.child))
@@ -170,9 +173,9 @@ def _file_in_the_way(path):
     return None
 
 
-def check(path, kind, force=False):
-    """Raises unless `claim(path, kind, force=force)` would accept the folder
-    (its lock aside); writes nothing. Returns `_state`'s answer."""
+def check(path, kind, force=False, entries=()):
+    """Raises unless `claim(path, kind, entries, force)` would accept the
+    folder (its lock aside); writes nothing. Returns `_state`'s answer."""
     state = _state(path, kind)
     if state == "foreign" and not force:
         count = len([name for name in _listing(path) if name not in _OWN])
@@ -180,6 +183,13 @@ def check(path, kind, force=False):
             f"{path} holds {count} file{'s' * (count != 1)} or folder"
             f"{'s' * (count != 1)} and is not a run folder of psconv-tf (it has no "
             f"{MANIFEST_FILE}); give a new or empty folder", path, forceable=True)
+    if state == "foreign":
+        taken = sorted(name for name in set(kind.entries) | set(entries)
+                       if tf.io.gfile.exists(os.path.join(path, name)))
+        if taken:
+            raise NotARunFolderError(
+                f"{os.path.join(path, taken[0])} exists and was not written by a run; "
+                "the run would replace it. Use another folder.", path)
     return state
 
 
@@ -192,11 +202,12 @@ class Claim:
         entries: the entries its manifest lists.
     """
 
-    def __init__(self, path, kind, lock, entries):
+    def __init__(self, path, kind, lock, entries, earlier_release=False):
         self.path = path
         self.kind = kind
         self._lock = lock
         self.entries = set(entries)
+        self.earlier_release = earlier_release
 
     def __enter__(self):
         return self
@@ -208,7 +219,7 @@ class Claim:
         """Lists more entries (e.g. a seed's folder) in the manifest."""
         if set(names) - self.entries:
             self.entries |= set(names)
-            _write_manifest(self.path, self.kind, self.entries)
+            _write_manifest(self.path, self.kind, self.entries, self.earlier_release)
 
     def remove_temporaries(self):
         """Removes what killed writers of this run left (see the module's
@@ -216,14 +227,15 @@ class Claim:
         removed = []
         entries = self.entries | {MANIFEST_FILE}
         for name in _listing(self.path):
-            if files.temporary_of(name) in entries:
+            if files.temporary_of(name, self.earlier_release) in entries:
                 removed.append(os.path.join(self.path, name))
         for folder in sorted(entries & set(self.kind.owned_folders)):
             folder = os.path.join(self.path, folder)
             if not tf.io.gfile.isdir(folder):
                 continue
             for name in _listing(folder):
-                if files.temporary_of(name) or CHECKPOINT_TEMPORARY.fullmatch(name):
+                if (files.temporary_of(name, self.earlier_release)
+                        or CHECKPOINT_TEMPORARY.fullmatch(name)):
                     removed.append(os.path.join(folder, name))
         for path in removed:
             files.remove(path)
@@ -258,15 +270,8 @@ def claim(path, kind, entries=(), force=False, chief_path=None):
     path = os.fspath(path)
     if chief_path is not None and os.fspath(chief_path) != path:
         check(chief_path, kind, force)
-    state = check(path, kind, force)
+    state = check(path, kind, force, entries)
     wanted = set(kind.entries) | set(entries)
-    if state == "foreign":
-        taken = sorted(name for name in wanted
-                       if tf.io.gfile.exists(os.path.join(path, name)))
-        if taken:
-            raise NotARunFolderError(
-                f"{os.path.join(path, taken[0])} exists and was not written by a run; "
-                "the run would replace it. Use another folder.", path)
     lock = RunLock(path)
     try:
         lock.acquire()
@@ -274,15 +279,16 @@ def claim(path, kind, entries=(), force=False, chief_path=None):
         raise InputError(f"cannot write to {path} ({os_error_text(error)}).",
                          argument="run_dir") from None
     try:
-        listed = set()
+        listed, earlier = set(), state == "earlier"
         manifest = read_manifest(path)
         if manifest is not None:
             listed = set(manifest.get("entries", ()))
-        elif state == "earlier" and kind.child is not None:
+            earlier = bool(manifest.get("earlier_release"))
+        elif earlier and kind.child is not None:
             listed = {name for name in _listing(path)
                       if name not in _OWN and _known(path, name, kind)}
         if manifest is None or wanted - listed:
-            _write_manifest(path, kind, listed | wanted)
+            _write_manifest(path, kind, listed | wanted, earlier)
     except (OSError, tf.errors.OpError) as error:
         lock.release()
         raise InputError(f"cannot write to {path} ({os_error_text(error)}).",
@@ -290,11 +296,12 @@ def claim(path, kind, entries=(), force=False, chief_path=None):
     except BaseException:
         lock.release()
         raise
-    return Claim(path, kind, lock, listed | wanted)
+    return Claim(path, kind, lock, listed | wanted, earlier)
 
 
-def _write_manifest(path, kind, entries):
-    files.write_json(os.path.join(path, MANIFEST_FILE), {
-        "format": FORMAT, "version": VERSION, "kind": kind.name,
-        "entries": sorted(entries),
-    })
+def _write_manifest(path, kind, entries, earlier_release):
+    manifest = {"format": FORMAT, "version": VERSION, "kind": kind.name,
+                "entries": sorted(entries)}
+    if earlier_release:  # its temporaries may carry the earlier mark
+        manifest["earlier_release"] = True
+    files.write_json(os.path.join(path, MANIFEST_FILE), manifest)

@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from psconv_tf import files
 from psconv_tf.training import ownership
+from psconv_tf.training.backup import start_over_advice
 from psconv_tf.training.configs import Recipe
 from psconv_tf.training.errors import InputError
 from psconv_tf.training.errors import ResumeMismatchError
@@ -224,8 +225,7 @@ class RunFolder:
         if not tf.io.gfile.isdir(self.backup):
             return None
         state_file = os.path.join(self.backup, "checkpoint")
-        how = (f"move {self.backup} away to start the run over (its other files stay), "
-               "or use another run folder")
+        how = start_over_advice(self.backup)
         if not tf.io.gfile.exists(state_file):
             if tf.io.gfile.glob(os.path.join(self.backup, "ckpt-*.index")):
                 raise InputError(f"{self.backup} holds checkpoints but no `checkpoint` file "

@@ -347,7 +347,8 @@ class Trainer:
                    steps_per_epoch=self.steps_per_epoch, epochs=self.recipe.epochs)
         if stored is not None:
             if self.options.verbose:
-                print(f"{self.options.run_dir} is complete ({self.recipe.epochs} epochs, "
+                epochs = self.recipe.epochs
+                print(f"{self.options.run_dir} is complete ({epochs} epoch{'s' * (epochs != 1)}, "
                       f"{stored.get('steps_done')} steps): nothing to do. Its model is "
                       f"{folder.best_model}, its metrics {folder.metrics}.", flush=True)
             return stored
