@@ -33,7 +33,7 @@ class RunLog:
         self.position = position
         self.verbose = verbose
         self.model = model
-        self.summaries = tf.summary.create_file_writer(folder.tensorboard)
+        self._summaries = None  # created with the first epoch's figures
 
     def record(self, event, **fields):
         record = {"event": event, **self.position(), **fields, "time": time.time()}
@@ -45,13 +45,15 @@ class RunLog:
         val_logs = {f"val_{name}": value for name, value in eval_logs.items()}
         self.record("epoch", completed_epoch=epoch, steps=steps, seconds=round(seconds, 2),
                     **train_logs, **val_logs)
-        with self.summaries.as_default(step=steps_done):
+        if self._summaries is None:
+            self._summaries = tf.summary.create_file_writer(self.folder.tensorboard)
+        with self._summaries.as_default(step=steps_done):
             for name, value in {**train_logs, **val_logs}.items():
                 tf.summary.scalar(name, value)
             tf.summary.scalar("learning_rate", learning_rate)
             if self.model is not None:
                 rate_share.write_rate_shares(self.model)
-        self.summaries.flush()
+        self._summaries.flush()
         if self.verbose:
             print(" - ".join(f"{name}: {value:.4f}" for name, value in val_logs.items()),
                   flush=True)

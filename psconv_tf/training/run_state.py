@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from psconv_tf.training.backup import Backup
 from psconv_tf.training.errors import InputError
+from psconv_tf.training.errors import NonFiniteLossError
 from psconv_tf.training.errors import writing
 from psconv_tf.training.run_log import RunLog
 
@@ -77,6 +78,26 @@ class RunState:
         """`stopping.TrainingStopped`'s stopped_at and resume_at (epochs from 1)."""
         return {"stopped_at": self._epoch_and_step(self.position()["steps_done"]),
                 "resume_at": self._epoch_and_step(self.backup.latest_steps() or 0)}
+
+    def non_finite(self, value, what):
+        """The `NonFiniteLossError` of `what` (e.g. "training loss") become
+        `value`; logs the stop."""
+        position = self.position()
+        saved = self.backup.latest_steps()
+        kept = (f"the last good backup ({saved} steps) is kept in {self.folder.backup}"
+                if saved is not None else "no backup had been saved")
+        self.log.record("stopped", reason=f"{what} {value}")
+        return NonFiniteLossError(
+            f"the {what} became {value} at epoch {position['epoch'] + 1}, step "
+            f"{position['step']} (learning rate {position['learning_rate']:.4g}): training "
+            f"stopped and saved nothing; {kept}. Lower the learning rate or check the data."
+        )
+
+    def report_complete(self, run_dir, epochs, metrics):
+        """Says that the run in `run_dir` has done its `epochs`."""
+        print(f"{run_dir} is complete ({epochs} epoch{'s' * (epochs != 1)}, "
+              f"{metrics.get('steps_done')} steps): nothing to do. Its model is "
+              f"{self.folder.best_model}, its metrics {self.folder.metrics}.", flush=True)
 
     def write_error_message(self, error):
         """The message of a failed write: where training stopped, what is intact."""

@@ -1,4 +1,4 @@
-"""Distributed, resumable training of a classifier: `Trainer` and `RunOptions`.
+"""Distributed, resumable training of a classifier: `Trainer`.
 
 The loop is our own rather than `keras.Model.fit`, with Keras's model,
 optimizer, losses, metrics and callbacks, for two reasons found in Keras
@@ -28,7 +28,6 @@ it with `RunWriteError`, the previous files intact; data that yields no
 batch (every image undecodable) is an `InputError`, not a wait forever.
 """
 
-import dataclasses
 import math
 import time
 import warnings
@@ -40,9 +39,7 @@ from psconv_tf import files
 from psconv_tf.training import ownership
 from psconv_tf.training import run_config
 from psconv_tf.training.backup import Backup
-from psconv_tf.training.backup import saved_steps
 from psconv_tf.training.errors import InputError
-from psconv_tf.training.errors import NonFiniteLossError
 from psconv_tf.training.errors import RunWriteError
 from psconv_tf.training.errors import writing
 from psconv_tf.training.metrics import classification_metrics
@@ -51,6 +48,7 @@ from psconv_tf.training.metrics import update_metrics
 from psconv_tf.training.optimizer import build_optimizer
 from psconv_tf.training.run_log import Progress
 from psconv_tf.training.run_log import RunLog
+from psconv_tf.training.run_options import RunOptions  # noqa: F401 (the Trainer's options)
 from psconv_tf.training.run_state import RunState
 from psconv_tf.training.run_state import read_metrics
 from psconv_tf.training.schedules import learning_rate_schedule
@@ -59,45 +57,6 @@ from psconv_tf.training.stopping import TrainingStopped
 from psconv_tf.training.strategy import dtype_policy
 from psconv_tf.training.strategy import is_multi_worker
 from psconv_tf.training.strategy import worker_output_dir
-
-
-@dataclasses.dataclass(frozen=True)
-class RunOptions:
-    """How a run executes (not what it learns).
-
-    Attributes:
-        run_dir: folder of the run's files (see `run_config`).
-        precision: Keras dtype policy: "float32", "mixed_float16" or
-            "mixed_bfloat16".
-        jit_compile: XLA-compile each replica's forward and backward pass.
-        backup_every: save the training state every this many steps (and at
-            the end of every epoch).
-        steps_per_loop: steps run by one call of the compiled loop (raise it
-            on TPUs to keep the host out of the way).
-        verbose: 0 silent, 1 progress (a bar on a terminal, else a plain
-            line every `log_every` steps), 2 one line per epoch.
-        log_every: steps between plain progress lines.
-        allow_changes: resume even where the fields of
-            `run_config.SAFE_CHANGES` differ from the stored config.json.
-        force_run_dir: use a `run_dir` that holds other files and no run
-            (`ownership.claim`'s `force`).
-    """
-
-    run_dir: str
-    precision: str = "float32"
-    jit_compile: bool = False
-    backup_every: int = 1000
-    steps_per_loop: int = 1
-    verbose: int = 1
-    log_every: int = 100
-    allow_changes: bool = False
-    force_run_dir: bool = False
-
-    def __post_init__(self):
-        for name in ("backup_every", "steps_per_loop", "log_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise InputError(f"must be a positive integer; got {value!r}.", argument=name)
 
 
 class Trainer:
@@ -347,10 +306,7 @@ class Trainer:
                    steps_per_epoch=self.steps_per_epoch, epochs=self.recipe.epochs)
         if stored is not None:
             if self.options.verbose:
-                epochs = self.recipe.epochs
-                print(f"{self.options.run_dir} is complete ({epochs} epoch{'s' * (epochs != 1)}, "
-                      f"{stored.get('steps_done')} steps): nothing to do. Its model is "
-                      f"{folder.best_model}, its metrics {folder.metrics}.", flush=True)
+                self._run.report_complete(self.options.run_dir, self.recipe.epochs, stored)
             return stored
         if latest and self.options.verbose and not complete:
             position = self.position()
@@ -478,18 +434,8 @@ class Trainer:
         raise TrainingStopped(signals.requested, **where)
 
     def _check_finite(self, value, what):
-        if math.isfinite(value):
-            return
-        position = self.position()
-        latest = tf.train.latest_checkpoint(self._run.folder.backup)
-        kept = (f"the last good backup ({saved_steps(latest)} steps) is kept in "
-                f"{self._run.folder.backup}" if latest else "no backup had been saved")
-        self._run.log.record("stopped", reason=f"{what} {value}")
-        raise NonFiniteLossError(
-            f"the {what} became {value} at epoch {position['epoch'] + 1}, step "
-            f"{position['step']} (learning rate {position['learning_rate']:.4g}): training "
-            f"stopped and saved nothing; {kept}. Lower the learning rate or check the data."
-        )
+        if not math.isfinite(value):
+            raise self._run.non_finite(value, what)
 
     def _check_finite_weights(self):
         weights = self.model.weights
