@@ -149,6 +149,10 @@ def test_force_run_dir_adds_the_run_among_other_files(tmp_path, capsys):
 
 def test_clean_up_removes_only_the_run_s_own_temporaries(tmp_path):
     folder = tmp_path / "run"
+    folder.mkdir()
+    # What a run killed while claiming a new folder leaves: the folder is still free.
+    (folder / "psconv_run.lock").write_text("{}")
+    (folder / "psconv_run.psconv-tmp-0123456789ab.json").write_text("{")
     with ownership.claim(folder, run_config.KIND):
         pass
     ours = ["best.psconv-tmp-0123456789ab.keras", "config.psconv-tmp-00000000abcd.json",

@@ -118,6 +118,12 @@ def _listing(path):
     return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(path))
 
 
+def _others(path):
+    """The names in `path` but the manifest, the lock and their temporaries."""
+    return [name for name in _listing(path)
+            if name not in _OWN and files.temporary_of(name) not in _OWN]
+
+
 def _state(path, kind):
     """"absent", "empty", "manifest", "earlier" or "foreign"."""
     blocking = _file_in_the_way(path)
@@ -132,7 +138,7 @@ def _state(path, kind):
                 f"{path} is a {manifest['kind']} run folder, not a {kind.name} one; "
                 "use another folder.", path)
         return "manifest"
-    names = [name for name in _listing(path) if name not in _OWN]
+    names = _others(path)
     if not names:
         return "empty"
     if all(_known(path, name, kind) for name in names) and _evidence(path, names, kind):
@@ -178,7 +184,7 @@ def check(path, kind, force=False, entries=()):
     folder (its lock aside); writes nothing. Returns `_state`'s answer."""
     state = _state(path, kind)
     if state == "foreign" and not force:
-        count = len([name for name in _listing(path) if name not in _OWN])
+        count = len(_others(path))
         raise NotARunFolderError(
             f"{path} holds {count} file{'s' * (count != 1)} or folder"
             f"{'s' * (count != 1)} and is not a run folder of psconv-tf (it has no "
@@ -285,8 +291,7 @@ def claim(path, kind, entries=(), force=False, chief_path=None):
             listed = set(manifest.get("entries", ()))
             earlier = bool(manifest.get("earlier_release"))
         elif earlier and kind.child is not None:
-            listed = {name for name in _listing(path)
-                      if name not in _OWN and _known(path, name, kind)}
+            listed = {name for name in _others(path) if _known(path, name, kind)}
         if manifest is None or wanted - listed:
             _write_manifest(path, kind, listed | wanted, earlier)
     except (OSError, tf.errors.OpError) as error:
