@@ -117,6 +117,16 @@ def test_flat_cifar_images_cannot_be_standardized(tmp_path):
                        "deviation 0): they cannot be standardized. Check the files.")
 
 
+def test_a_split_without_images_is_named(tmp_path):
+    training_helpers.write_cifar10(str(tmp_path / "data"), 20, 4)
+    with open(tmp_path / "data" / "test_batch", "wb") as file:
+        pickle.dump({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, file)
+    message = _message(cifar.main, ["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+                                    "--run-dir", str(tmp_path / "run")])
+    assert message == (f"error: --data-dir: the test split of cifar10 in {tmp_path / 'data'} "
+                       "has no images.")
+
+
 @pytest.mark.parametrize("protocol, construct", [(2, "_codecs.encode"),
                                                  (5, "numpy._core.numeric._frombuffer")])
 def test_pickles_of_protocols_2_and_5_are_refused_saying_why(tmp_path, protocol, construct):

@@ -211,7 +211,7 @@ def load_small_dataset(name, data_dir=None, download=True):
         local = _find_local_files(name, data_dir)
         if local is not None:
             splits = {split: _read_local(name, paths) for split, paths in local.items()}
-            return _checked(name, splits)
+            return _checked(name, splits, data_dir)
     try:
         splits = _read_tfds(name, data_dir, download)
     except Exception as error:
@@ -229,9 +229,12 @@ def load_small_dataset(name, data_dir=None, download=True):
     return _checked(name, splits)
 
 
-def _checked(name, splits):
+def _checked(name, splits, data_dir=None):
     dataset = SMALL_DATASETS[name]
     for split, (images, labels) in splits.items():
+        if not len(images):
+            raise InputError(f"the {split} split of {name} in {data_dir or 'TFDS'} has no "
+                             "images.", argument="data_dir")
         if images.shape[1:] != dataset.image_shape or len(images) != len(labels):
             raise InputError(
                 f"{name} {split}: expected images of shape {dataset.image_shape} "
@@ -335,10 +338,6 @@ def load_data(name, data_dir=None, train_examples=None, seed=0, download=True):
     splits = load_small_dataset(name, data_dir, download)
     images, labels = splits["train"]
     source = data_dir or "TFDS"
-    for split, (split_images, _) in splits.items():
-        if not len(split_images):
-            raise InputError(f"the {split} split of {name} in {source} has no images.",
-                             argument="data_dir")
     mean, stddev = channel_stats(images)
     flat = [channel for channel, value in enumerate(stddev) if not value > 0]
     if flat:
