@@ -131,7 +131,8 @@ def test_a_signal_stops_fit_after_the_step_and_names_the_resume_point():
             self.epoch = epoch
 
     steps = []
-    counter = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: steps.append(batch))
+    counter = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: steps.append(batch))
     with StopSignals() as signals, pytest.raises(TrainingStopped) as stop:
         model.fit(*data, batch_size=1, epochs=3, verbose=0,
                   callbacks=[Interrupt(), counter, coco_lib._StopAtStep(signals)])
