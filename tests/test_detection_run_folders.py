@@ -15,6 +15,7 @@ from psconv_tf.detection import segmentation
 from psconv_tf.detection import synthetic
 from psconv_tf.training import cli
 from psconv_tf.training import ownership
+from psconv_tf.training.errors import InputError
 from psconv_tf.training.errors import NotARunFolderError
 from psconv_tf.training.errors import RunFolderInUseError
 from psconv_tf.training.stopping import StopSignals
@@ -140,6 +141,28 @@ def test_a_signal_stops_fit_after_the_step_and_names_the_resume_point():
     assert stop.value.exit_status == 130
     assert str(stop.value) == ("stopped by SIGINT at epoch 2, step 3; rerun the same command "
                                "to resume (from the backup at epoch 2, step 0)")
+
+
+@pytest.mark.parametrize("damaged", ["latest.weights.h5", "training_metadata.json"])
+def test_a_damaged_detection_backup_is_named(tmp_path, damaged):
+    """The backup is written whole (a temporary, renamed); a damaged one is
+    named in one line instead of a traceback of h5py or json."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    data = (np.zeros((4, 2), "float32"), np.zeros((4, 1), "float32"))
+    backup = tmp_path / "run" / "backup"
+    model.fit(*data, epochs=1, verbose=0, callbacks=[coco_lib._Backup(str(backup), "run")])
+    assert sorted(os.listdir(backup)) == ["latest.weights.h5", "training_metadata.json"]
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 1
+    path = backup / damaged
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    with pytest.raises(InputError) as error:
+        model.fit(*data, epochs=2, verbose=0, callbacks=[coco_lib._Backup(str(backup), "run")])
+    message = str(error.value)
+    assert message.startswith(f"{path} "), message
+    assert message.endswith(f"; move {backup} away to start the training over, or use "
+                            "another run folder than run")
+    assert "\n" not in message
 
 
 def test_results_without_objects_of_a_size_are_null():
