@@ -4,33 +4,60 @@ A process killed while writing leaves at worst a temporary file next to the
 target, never a truncated target, and the previous version survives until
 the rename replaces it. Paths may be local or any `tf.io.gfile` filesystem
 (gs://; there a rename is a copy and a delete, still never a partial
-target). `remove_temporaries` clears what a killed writer left behind,
-including the temporaries of `tf.train.CheckpointManager`.
+target).
+
+Temporaries carry a mark no one else uses, `.psconv-tmp-<12 hex digits>`,
+inserted before the name's first extension so that writers which require
+a suffix (`.keras`, `.weights.h5`) accept them: `best.keras` is written as
+`best.psconv-tmp-0123456789ab.keras`. `temporary_of` recognises them (and,
+asked to, those of earlier releases, `best.tmp-0123456789ab.keras`); a run
+folder removes only the temporaries of the entries its manifest lists
+(`psconv_tf.training.ownership`).
 """
 
 import contextlib
 import json
 import os
+import re
 import uuid
 
 import tensorflow as tf
 
-# Temporary names: "<name>.tmp-<random><suffix>", so that
-# `remove_temporaries` recognizes them and writers that require a suffix
-# (.keras) accept them.
-TEMPORARY_MARK = ".tmp-"
-# What tf.train.CheckpointManager leaves when killed while it saves.
-CHECKPOINT_TEMPORARIES = ("*_temp", "*_temp/", "checkpoint.tmp*", "*.tempstate*")
+TEMPORARY_MARK = ".psconv-tmp-"
+_TEMPORARY = re.compile(r"\.psconv-tmp-[0-9a-f]{12}")
+# The mark of earlier releases, recognised in their folders only.
+_EARLIER_TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{12}")
 
 
 def temporary_path(path):
-    """A fresh temporary name in `path`'s folder, keeping its extension.
+    """A fresh temporary name in `path`'s folder, keeping its extensions.
 
-    >>> temporary_path("runs/x/best.keras").startswith("runs/x/best.tmp-")
+    >>> temporary_path("runs/x/best.keras").startswith("runs/x/best.psconv-tmp-")
+    True
+    >>> temporary_path("backup/latest.weights.h5").endswith(".weights.h5")
     True
     """
-    root, extension = os.path.splitext(path)
-    return f"{root}{TEMPORARY_MARK}{uuid.uuid4().hex[:12]}{extension}"
+    folder, name = os.path.split(os.fspath(path).rstrip("/"))
+    dot = name.find(".", 1)  # a leading dot is part of the name
+    stem, extensions = (name, "") if dot < 0 else (name[:dot], name[dot:])
+    return os.path.join(folder, f"{stem}{TEMPORARY_MARK}{uuid.uuid4().hex[:12]}{extensions}")
+
+
+def temporary_of(name, earlier_release=False):
+    """The name a temporary was written for, or None if `name` is none;
+    with `earlier_release`, the temporaries of earlier releases too
+    (`best.tmp-0123456789ab.keras`).
+
+    >>> temporary_of("best.psconv-tmp-0123456789ab.keras")
+    'best.keras'
+    >>> temporary_of("best.tmp-0123456789ab.keras") is None
+    True
+    """
+    for pattern in (_TEMPORARY, _EARLIER_TEMPORARY) if earlier_release else (_TEMPORARY,):
+        match = pattern.search(name)
+        if match is not None:
+            return name[:match.start()] + name[match.end():]
+    return None
 
 
 @contextlib.contextmanager
@@ -56,7 +83,7 @@ def atomic_path(path):
         yield temporary
         _replace(temporary, path)
     except BaseException:
-        _remove(temporary)
+        remove(temporary)
         raise
 
 
@@ -72,10 +99,11 @@ def _replace(source, target):
         tf.io.gfile.rename(target, previous)
     tf.io.gfile.rename(source, target)
     if previous is not None:
-        _remove(previous)
+        remove(previous)
 
 
-def _remove(path):
+def remove(path):
+    """Removes a file or a folder with its contents; nothing if absent."""
     if not tf.io.gfile.exists(path):
         return
     if tf.io.gfile.isdir(path):
@@ -92,29 +120,15 @@ def write_bytes(path, data):
 
 
 def write_json(path, data):
-    """Writes `data` as indented JSON to `path` atomically, creating its folder."""
-    write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+    """Writes `data` as indented JSON to `path` atomically, creating its folder.
+
+    NaN and infinities are refused (`ValueError`): they are not JSON; write
+    None (null) for an undefined value.
+    """
+    write_bytes(path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())
 
 
 def save_model(model, path):
     """`model.save(path)` atomically: a `.keras` file whole or not at all."""
     with atomic_path(path) as temporary:
         model.save(temporary)
-
-
-def remove_temporaries(folder):
-    """Removes what killed writers left in `folder`; returns their paths.
-
-    That is this module's temporaries (at the top of `folder`) and, in
-    `folder` and its sub-folders one level down (a run's backup/), those of
-    `tf.train.CheckpointManager`.
-    """
-    if not tf.io.gfile.isdir(folder):
-        return []
-    patterns = [f"*{TEMPORARY_MARK}*"]
-    patterns += [f"{prefix}{pattern}" for prefix in ("", "*/") for pattern in CHECKPOINT_TEMPORARIES]
-    found = sorted({path.rstrip("/") for pattern in patterns
-                    for path in tf.io.gfile.glob(os.path.join(folder, pattern))})
-    for path in found:
-        _remove(path)
-    return found

@@ -114,9 +114,18 @@ def test_coco_script_runs_end_to_end(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "box AP" in result.stdout
-    results = json.loads((run_dir / "results.json").read_text())
+    # Strict JSON: an AP without objects of its size (none is large here) is null.
+    results = json.loads((run_dir / "results.json").read_text(),
+                         parse_constant=lambda name: pytest.fail(f"results.json holds {name}"))
     assert set(results) == {"AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"}
-    assert (run_dir / "final.keras").is_file()
+    assert results["AP_L"] is None
+    assert (run_dir / "final.keras").is_file() and not (run_dir / "backup").exists()
+    # The same command again: the run is complete, nothing is trained or rewritten.
+    stored = (run_dir / "final.keras").stat().st_mtime_ns, (run_dir / "results.json").read_bytes()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and f"{run_dir} is complete: nothing to do" in again.stdout
+    assert stored == ((run_dir / "final.keras").stat().st_mtime_ns,
+                      (run_dir / "results.json").read_bytes())
     # A bad flag value is one line naming the flag.
     bad = subprocess.run(command[:-2] + ["--run-dir", str(run_dir), "--milestones", "5"],
                          capture_output=True, text=True, timeout=120)

@@ -124,18 +124,31 @@ def test_nan_weights_are_never_saved(tmp_path):
     assert tf.train.latest_checkpoint(str(tmp_path / "backup")) is None
 
 
-def test_leftover_temporaries_are_removed_on_resume(tmp_path):
+@pytest.mark.parametrize("earlier_release", [False, True])
+def test_leftover_temporaries_are_removed_on_resume(tmp_path, earlier_release):
     _fit(tmp_path, recipe=dataclasses.replace(RECIPE, epochs=1))
-    leftovers = [tmp_path / "backup" / "ckpt-9_temp", tmp_path / "backup" / "checkpoint.tmp5f3a",
-                 tmp_path / "best.tmp-0123456789ab.keras", tmp_path / "metrics.tmp-0123456789ab.json"]
+    # What killed writers leave: tf.train.CheckpointManager's temporaries and ours.
+    leftovers = [tmp_path / "backup" / "ckpt-9_temp",
+                 tmp_path / "backup" / f"checkpoint.tmp{'5f3a' * 8}",
+                 tmp_path / "backup" / "ckpt-9.index.tempstate1234567",
+                 tmp_path / "best.psconv-tmp-0123456789ab.keras"]
+    earlier = tmp_path / "metrics.tmp-0123456789ab.json"  # the release before's mark
+    if earlier_release:  # a run folder it wrote: no manifest
+        (tmp_path / "psconv_run.json").unlink()
+        leftovers.append(earlier)
     leftovers[0].mkdir()
     (leftovers[0] / "part-00000-of-00001").write_bytes(b"partial")
     for path in leftovers[1:]:
         path.write_bytes(b"partial")
+    # Names alike that no run writes: kept.
+    kept = [tmp_path / "logs" / "best.psconv-tmp-0123456789ab.keras"]
+    if not earlier_release:
+        kept.append(earlier)
+    for path in kept:
+        path.write_bytes(b"mine")
     _fit(tmp_path, allow_changes=True)
     assert not [path for path in leftovers if path.exists()]
-    assert not [name for root, folders, names in os.walk(tmp_path) for name in folders + names
-                if files.TEMPORARY_MARK in name or "_temp" in name or ".tmp" in name]
+    assert all(path.read_bytes() == b"mine" for path in kept)
 
 
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -17,6 +18,7 @@ from psconv_tf import models
 from psconv_tf.training import cli
 from psconv_tf.training import configs
 from psconv_tf.training.run_config import RunConfig
+from training_helpers import imagenet_args
 from training_helpers import read_json
 from training_helpers import read_log
 
@@ -62,8 +64,12 @@ def _wait_for_backup(process, run_dir, min_steps, timeout=150):
     raise AssertionError("no backup in time")
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_killed_run_resumes_at_the_saved_step_and_epoch(tmp_path, signal_number):
+    """SIGKILL: the rerun resumes from the last backup. SIGTERM and SIGINT
+    (Ctrl-C): the run saves where it is, says so in one line and exits with
+    128 + the signal; the rerun resumes there. Meanwhile the run folder is
+    locked: a second run is refused, naming the first."""
     training_helpers.write_cifar10(str(tmp_path / "data"))
     epochs = 4
     args = _cifar_args(tmp_path / "data", tmp_path / "run", "--epochs", epochs,
@@ -76,16 +82,29 @@ def test_killed_run_resumes_at_the_saved_step_and_epoch(tmp_path, signal_number)
     try:
         # Kill it in its second epoch, after a backup that is not at an epoch's end.
         _wait_for_backup(process, run_dir, CIFAR_STEPS_PER_EPOCH)
+        if signal_number == signal.SIGINT:
+            message = _error_message(cifar.main, args)
+            assert message.startswith(f"error: --run-dir: {tmp_path / 'run'} is in use by "
+                                      f"process {process.pid} on {socket.gethostname()} "), message
         process.send_signal(signal_number)
-        process.wait(timeout=30)
+        output = process.communicate(timeout=60)[0].decode()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == -signal_number
     saved = _saved_steps(os.path.join(run_dir, "backup"))
     killed_log = read_log(run_dir)
     assert CIFAR_STEPS_PER_EPOCH < saved < epochs * CIFAR_STEPS_PER_EPOCH
+    if signal_number == signal.SIGKILL:
+        assert process.returncode == -signal_number
+    else:
+        assert process.returncode == 128 + signal_number, output[-3000:]
+        epoch, step = divmod(saved, CIFAR_STEPS_PER_EPOCH)
+        assert output.strip().splitlines()[-1] == (
+            f"stopped by {signal_number.name} at epoch {epoch + 1}, step {step}; rerun the "
+            "same command to resume"), output[-3000:]
+        assert "Traceback" not in output
+        assert killed_log[-1]["event"] == "stopped" and killed_log[-1]["steps_done"] == saved
 
     cifar.main(args)  # the same command again, here
     log = read_log(run_dir)[len(killed_log):]
@@ -143,30 +162,12 @@ def test_multiworker_training_on_two_local_workers(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def _write_image_tree(folder, split, classes, count):
-    for index, name in enumerate(classes):
-        os.makedirs(os.path.join(folder, split, name))
-        for number in range(count):
-            image = np.random.default_rng(index * 100 + number).integers(
-                0, 256, (36 + number, 44, 3), dtype=np.uint8)
-            tf.io.write_file(os.path.join(folder, split, name, f"{number}.jpg"),
-                             tf.io.encode_jpeg(image))
-
-
-def _imagenet_args(data_dir, run_dir, *extra):
-    return [str(arg) for arg in (
-        "--data-dir", data_dir, "--model", "cifar_resnet20", "--image-size", 32,
-        "--batch-size", 4, "--epochs", 1, "--run-dir", run_dir, "--strategy", "cpu",
-        "--verbose", 0, *extra,
-    )]
-
-
 def test_imagenet_on_class_folders_writes_a_complete_run_dir(tmp_path):
     classes = ("cat", "dog", "fox")
-    _write_image_tree(str(tmp_path / "data"), "train", classes, 4)
-    _write_image_tree(str(tmp_path / "data"), "val", classes, 2)
+    training_helpers.write_image_tree(str(tmp_path / "data"), "train", classes, 4)
+    training_helpers.write_image_tree(str(tmp_path / "data"), "val", classes, 2)
     run_dir = tmp_path / "run"
-    metrics = imagenet.main(_imagenet_args(tmp_path / "data", run_dir, "--warmup-epochs", 0.5))
+    metrics = imagenet.main(imagenet_args(tmp_path / "data", run_dir, "--warmup-epochs", 0.5))
     assert metrics["steps_done"] == 12 // 4
     assert {"config.json", "best.keras", "backup", "log.jsonl", "metrics.json"} <= set(
         os.listdir(run_dir))
@@ -193,7 +194,7 @@ def test_imagenet_on_class_folders_writes_a_complete_run_dir(tmp_path):
     last = epochs[-1]
     assert logged[("val_top1", last["steps_done"])] == pytest.approx(last["val_top1"])
     assert logged[("loss", last["steps_done"])] == pytest.approx(last["loss"])
-    message = _error_message(imagenet.main, _imagenet_args(
+    message = _error_message(imagenet.main, imagenet_args(
         tmp_path / "data", run_dir, "--model", "cifar_resnet56"))
     assert message.startswith(f"error: --run-dir: {run_dir} holds a run with other settings")
     assert "model: 'cifar_resnet20' -> 'cifar_resnet56'" in message
@@ -201,7 +202,7 @@ def test_imagenet_on_class_folders_writes_a_complete_run_dir(tmp_path):
 
 def test_imagenet_on_mock_tfds(tmp_path):
     with tfds.testing.mock_data(num_examples=8):
-        metrics = imagenet.main(_imagenet_args(
+        metrics = imagenet.main(imagenet_args(
             tmp_path, tmp_path / "run", "--source", "tfds", "--steps-per-epoch", 2))
     assert metrics["steps_done"] == 2
     assert read_json(tmp_path / "run" / "config.json")["num_classes"] == 1000
@@ -214,15 +215,15 @@ def _cifar_data(tmp_path):
 
 
 def _image_data(tmp_path):
-    _write_image_tree(str(tmp_path / "images"), "train", ("cat",), 2)
-    _write_image_tree(str(tmp_path / "images"), "val", ("cat",), 1)
+    training_helpers.write_image_tree(str(tmp_path / "images"), "train", ("cat",), 2)
+    training_helpers.write_image_tree(str(tmp_path / "images"), "val", ("cat",), 1)
     return tmp_path / "images"
 
 
 def _broken_run_folder(tmp_path):
     """A run folder with a backup and a config.json that is not JSON."""
     data = _image_data(tmp_path)
-    imagenet.main(_imagenet_args(data, tmp_path / "run", "--steps-per-epoch", 1))
+    imagenet.main(imagenet_args(data, tmp_path / "run", "--steps-per-epoch", 1))
     (tmp_path / "run" / "config.json").write_text('{"model": ')
     return data
 
@@ -260,7 +261,7 @@ def test_bad_input_gets_a_one_line_message(tmp_path, case):
     if script == "cifar":
         message = _error_message(cifar.main, _cifar_args(data_dir, tmp_path / "run", *extra))
     else:
-        message = _error_message(imagenet.main, _imagenet_args(data_dir, tmp_path / "run", *extra))
+        message = _error_message(imagenet.main, imagenet_args(data_dir, tmp_path / "run", *extra))
     assert message.startswith(expected.format(tmp_path=tmp_path)), message
     assert "\n" not in message and "Traceback" not in message
 
@@ -379,7 +380,7 @@ def test_seeds_report_final_and_best_error(tmp_path):
 def test_default_run_folder_is_per_model(tmp_path, monkeypatch):
     data = _image_data(tmp_path)
     monkeypatch.chdir(tmp_path)
-    args = [arg for arg in _imagenet_args(data, "x", "--steps-per-epoch", 1)]
+    args = [arg for arg in imagenet_args(data, "x", "--steps-per-epoch", 1)]
     run_dir_at = args.index("--run-dir")
     del args[run_dir_at: run_dir_at + 2]
     imagenet.main(args)
@@ -405,7 +406,7 @@ def test_undecodable_images_are_skipped_counted_and_listed(tmp_path, capsys):
     bad_train.write_bytes((data / "train" / "cat" / "0.jpg").read_bytes()[:300])
     bad_val = data / "val" / "cat" / "text.jpg"
     bad_val.write_bytes(b"not a JPEG")
-    metrics = imagenet.main(_imagenet_args(data, tmp_path / "run", "--steps-per-epoch", 2,
+    metrics = imagenet.main(imagenet_args(data, tmp_path / "run", "--steps-per-epoch", 2,
                                            "--batch-size", 1, "--epochs", 2))
     assert metrics["skipped_images"] == {"train": {"count": 1, "files": [str(bad_train)]},
                                          "eval": {"count": 1, "files": [str(bad_val)]}}
@@ -415,13 +416,15 @@ def test_undecodable_images_are_skipped_counted_and_listed(tmp_path, capsys):
     assert skipped == {("train", str(bad_train)), ("eval", str(bad_val))}
 
     capsys.readouterr()
-    imagenet.main(_imagenet_args(data, tmp_path / "checked", "--steps-per-epoch", 1,
+    imagenet.main(imagenet_args(data, tmp_path / "checked", "--steps-per-epoch", 1,
                                  "--check-images"))
     output = capsys.readouterr().out
     assert f"train: 1 of 3 images cannot be decoded\n  {bad_train}" in output
     assert f"val: 1 of 2 images cannot be decoded\n  {bad_val}" in output
+    # Skipped before training, they count as skipped.
     checked = read_json(tmp_path / "checked" / "metrics.json")["skipped_images"]
-    assert checked["train"]["count"] == checked["eval"]["count"] == 0
+    assert checked == {"train": {"count": 1, "files": [str(bad_train)]},
+                       "eval": {"count": 1, "files": [str(bad_val)]}}
 
 
 def test_diverging_run_exits_with_an_error_and_saves_nothing(tmp_path):

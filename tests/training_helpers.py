@@ -137,3 +137,25 @@ def tiny_dataset_fn(training, batch, steps):
         return dataset.batch(context.get_per_replica_batch_size(batch), drop_remainder=training)
 
     return dataset_fn
+
+
+def write_image_tree(folder, split, classes, count):
+    """Writes `count` JPEGs of random sizes per class: folder/split/<class>/<n>.jpg."""
+    import tensorflow as tf
+
+    for index, name in enumerate(classes):
+        os.makedirs(os.path.join(folder, split, name))
+        for number in range(count):
+            image = np.random.default_rng(index * 100 + number).integers(
+                0, 256, (36 + number, 44, 3), dtype=np.uint8)
+            tf.io.write_file(os.path.join(folder, split, name, f"{number}.jpg"),
+                             tf.io.encode_jpeg(image))
+
+
+def imagenet_args(data_dir, run_dir, *extra):
+    """imagenet.py's arguments for a tiny run: cifar_resnet20 at 32 x 32, one epoch."""
+    return [str(arg) for arg in (
+        "--data-dir", data_dir, "--model", "cifar_resnet20", "--image-size", 32,
+        "--batch-size", 4, "--epochs", 1, "--run-dir", run_dir, "--strategy", "cpu",
+        "--verbose", 0, *extra,
+    )]

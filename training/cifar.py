@@ -21,7 +21,10 @@ is then TFDS's data folder; it downloads when online).
 Each seed's run folder is RUN_DIR/seed_<seed> (default RUN_DIR:
 runs/<dataset>_<model>; config.json, best.keras, log.jsonl, logs/,
 metrics.json, backup/); RUN_DIR/summary.json has the errors of all seeds.
-Restarting the same command resumes where it stopped.
+A RUN_DIR holding other files is refused (--force-run-dir adds the run's
+files among them); one run at a time writes it. Restarting the same command
+resumes where it stopped (Ctrl-C and SIGTERM stop at the next step, saving
+a backup); finished seeds are left as they are.
 """
 
 import argparse
@@ -30,14 +33,23 @@ import os
 
 import numpy as np
 
+from psconv_tf import files
 from psconv_tf.training import classification
 from psconv_tf.training import cli
 from psconv_tf.training import configs
-from psconv_tf import files
+from psconv_tf.training import ownership
+from psconv_tf.training import run_config
 from psconv_tf.training import small_data
+from psconv_tf.training.errors import InputError
+from psconv_tf.training.errors import writing
+from psconv_tf.training.run_log import summary_line
 from psconv_tf.training.strategy import worker_output_dir
 
 SCRIPT = "cifar"
+SUMMARY_FILE = "summary.json"
+# RUN_DIR: a folder of seed run folders and the summary.
+KIND = ownership.Kind("cifar seeds", entries=(SUMMARY_FILE, run_config.WORKERS_DIR),
+                      child=run_config.KIND, peers=run_config.WORKERS_DIR)
 
 
 def build_parser():
@@ -74,27 +86,43 @@ def mean_and_std(values):
 
 def main(argv=None):
     args = cli.parse_args(build_parser(), argv, SCRIPT)
+    if args.seed + args.seeds - 1 > cli.MAX_SEED:
+        raise InputError(f"--seed {args.seed} with {args.seeds} seeds passes {cli.MAX_SEED}.",
+                         argument="seeds")
     model_kwargs = cli.model_kwargs_from_args(args)
     recipe = cli.recipe_from_args(configs.CIFAR, args, _decay_epochs)
     run_dir = args.run_dir or os.path.join("runs", f"{args.dataset}_{args.model}")
     strategy, options = cli.runtime_from_args(args, run_dir)
-    data = small_data.load_data(args.dataset, args.data_dir, args.train_examples, args.seed)
     seeds = list(range(args.seed, args.seed + args.seeds))
+    ownership.check(run_dir, KIND, args.force_run_dir,
+                    [f"seed_{seed}" for seed in seeds])  # before reading the data
+    data = small_data.load_data(args.dataset, args.data_dir, args.train_examples, args.seed)
     errors = {"final": [], "best": []}
-    for seed in seeds:
-        seed_dir = os.path.join(run_dir, f"seed_{seed}")
-        config = classification.small_image_config(args.model, model_kwargs, data, recipe, seed, strategy,
-                                    options, SCRIPT, cli.replay_arguments(args))
-        metrics = classification.train_small_images(
-            config, data, strategy, dataclasses.replace(options, run_dir=seed_dir))
-        errors["final"].append(100 * (1 - metrics["final"]["top1"]))
-        errors["best"].append(100 * (1 - metrics["best"]["val_top1"]))
-    summary = {"model": args.model, "dataset": args.dataset, "seeds": seeds}
-    for kind, values in errors.items():
-        mean, std = mean_and_std(values)
-        summary[f"{kind}_top1_error_percent"] = {"values": values, "mean": mean, "std": std}
-    path = os.path.join(worker_output_dir(strategy, run_dir), "summary.json")
-    files.write_json(path, summary)
+    output_dir = worker_output_dir(strategy, run_dir)
+    with ownership.claim(output_dir, KIND, [f"seed_{seed}" for seed in seeds],
+                         args.force_run_dir, chief_path=run_dir) as claim:
+        claim.remove_temporaries()
+        for number, seed in enumerate(seeds, 1):
+            seed_dir = os.path.join(run_dir, f"seed_{seed}")
+            if args.verbose:
+                print(f"Seed {seed} ({number} of {len(seeds)}): {args.model} on "
+                      f"{args.dataset} in {seed_dir}", flush=True)
+            config = classification.small_image_config(
+                args.model, model_kwargs, data, recipe, seed, strategy, options, SCRIPT,
+                cli.replay_arguments(args))
+            metrics = classification.train_small_images(
+                config, data, strategy, dataclasses.replace(options, run_dir=seed_dir))
+            if args.verbose:
+                print(summary_line(metrics, seed_dir), flush=True)
+            errors["final"].append(100 * (1 - metrics["final"]["top1"]))
+            errors["best"].append(100 * (1 - metrics["best"]["val_top1"]))
+        summary = {"model": args.model, "dataset": args.dataset, "seeds": seeds}
+        for kind, values in errors.items():
+            mean, std = mean_and_std(values)
+            summary[f"{kind}_top1_error_percent"] = {"values": values, "mean": mean, "std": std}
+        path = os.path.join(output_dir, SUMMARY_FILE)
+        with writing(path):
+            files.write_json(path, summary)
     final, best = summary["final_top1_error_percent"], summary["best_top1_error_percent"]
     print(f"{args.model} on {args.dataset}, top-1 error over {len(seeds)} seed(s): "
           f"final {final['mean']:.2f} ± {final['std']:.2f} %, "

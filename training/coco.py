@@ -15,8 +15,12 @@ downloaded; `tfds build coco/2017 --data_dir DIR` prepares it), or COCO-format
 files: --annotations/--images and --val-annotations/--val-images. A bad
 annotation record is skipped and named; an unusable file stops with one line.
 
-Run folder: backup/ (restarting the same command resumes from the last
-epoch), final.keras, results.json.
+Run folder: psconv_run.json (what the run writes there), backup/ (restarting
+the same command resumes from the last epoch; removed once final.keras is
+written), final.keras, results.json (null for an AP that is undefined). A
+folder holding other files is refused (--force-run-dir adds the run's files
+among them); one run at a time writes it; a finished run is left as it is.
+Ctrl-C or SIGTERM stops at the next step and says where a rerun resumes.
 
     python training/coco.py --data-dir /data/tfds --model ps_resnet50 \\
         --backbone-weights ps_resnet50.pth --run-dir runs/retinanet_ps_r50
@@ -75,7 +79,13 @@ def build_parser():
     recipe.add_argument("--steps-per-epoch", type=cli.positive_int,
                         help="training steps per epoch; default one pass over the data")
     run = parser.add_argument_group("run")
-    run.add_argument("--run-dir", default="runs/coco", help="run folder; default runs/coco")
+    run.add_argument("--run-dir", default="runs/coco",
+                     help="run folder; default runs/coco. A folder that holds other "
+                          "files and no run is refused")
+    run.add_argument("--force-run-dir", action="store_true",
+                     help="use a --run-dir that holds files of its own: the run adds its "
+                          "files among them, refuses if one of its names is taken, and "
+                          "never touches the others")
     run.add_argument("--strategy", default="auto", choices=strategies.STRATEGIES,
                      help="tf.distribute strategy: cpu, gpu (mirrored), multiworker "
                           "(TF_CONFIG), tpu (--tpu); auto picks the first available of "
@@ -87,7 +97,8 @@ def build_parser():
                      help="XLA-compile the training step; auto: on for GPU and TPU")
     run.add_argument("--eval-only", action="store_true",
                      help="evaluate the run folder's final.keras, no training")
-    run.add_argument("--seed", type=int, default=0, help="random seed; default 0")
+    run.add_argument("--seed", type=cli.seed, default=0,
+                     help=f"random seed, in [0, {cli.MAX_SEED}]; default 0")
     run.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
                      help="0 silent, 1 progress bar, 2 one line per epoch; default 2")
     return parser

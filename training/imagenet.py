@@ -27,12 +27,15 @@ Multi-worker: run the same command on every worker, with TF_CONFIG set;
 each worker reads its own shard of the files. --run-dir must be readable by
 all workers (gs:// or a shared disk): they resume from the chief's backup.
 
-Run folder (default runs/<model>): config.json, best.keras, backup/,
-log.jsonl, logs/ (TensorBoard), metrics.json. Restarting the same command
-after the process was killed (SIGTERM or SIGKILL, e.g. a preempted TPU VM)
-resumes at the step of the last backup, in the same epoch and at the same
-learning rate; a restart with other settings is refused.
---config RUN/config.json replays a run's settings.
+Run folder (default runs/<model>): psconv_run.json (what the run writes
+there), config.json, best.keras, backup/, log.jsonl, logs/ (TensorBoard),
+metrics.json; a folder holding other files is refused (--force-run-dir adds
+the run's files among them), and one run at a time writes it. Ctrl-C or
+SIGTERM stops at the next step, saving a backup and saying where; rerunning
+the same command then (or after a kill, e.g. a preempted TPU VM) resumes at
+the step of the last backup, in the same epoch and at the same learning
+rate; a restart with other settings is refused, and a finished run is left
+as it is. --config RUN/config.json replays a run's settings.
 
     python training/imagenet.py --data-dir gs://bucket/tensorflow_datasets \\
         --model ps_resnet50 --strategy tpu --tpu my-tpu \\
@@ -46,8 +49,11 @@ from psconv_tf.training import classification
 from psconv_tf.training import cli
 from psconv_tf.training import configs
 from psconv_tf.training import image_data
+from psconv_tf.training import ownership
+from psconv_tf.training import run_config
 from psconv_tf.training.errors import InputError
 from psconv_tf.training.run_config import RunConfig
+from psconv_tf.training.run_log import summary_line
 
 SCRIPT = "imagenet"
 DECAY_EVERY = 30
@@ -100,6 +106,9 @@ def _check_images(sources):
         bad = image_data.scan_images(source)
         print(f"{split}: {len(bad)} of {source.num_examples} images cannot be decoded"
               + "".join(f"\n  {name}" for name in bad), flush=True)
+        if bad and len(bad) == source.num_examples:
+            raise InputError(f"no {split} image can be decoded ({len(bad)} of "
+                             f"{len(bad)} fail).", argument="data_dir")
         checked.append(source.without(bad) if bad else source)
     return checked
 
@@ -115,6 +124,7 @@ def main(argv=None):
     recipe = cli.recipe_from_args(configs.IMAGENET, args, _decay_epochs)
     run_dir = args.run_dir or os.path.join("runs", args.model)
     strategy, options = cli.runtime_from_args(args, run_dir)
+    ownership.check(run_dir, run_config.KIND, args.force_run_dir)  # before reading the data
     sources = classification.open_image_sources(
         args.data_dir, args.source, args.dataset, args.train_split, args.val_split)
     if args.check_images:
@@ -141,11 +151,7 @@ def main(argv=None):
         arguments=cli.replay_arguments(args),
     )
     metrics = classification.train_imagenet(config, strategy, options, train_source, val_source)
-    best = metrics["best"]
-    print(f"{args.model}: best validation top-1 {100 * best['val_top1']:.2f} % "
-          f"(epoch {best['epoch'] + 1}); last epoch "
-          + ", ".join(f"{name} {value:.4f}" for name, value in metrics["final"].items())
-          + f"; metrics in {os.path.join(run_dir, 'metrics.json')}")
+    print(summary_line(metrics, run_dir))
     return metrics
 
 

@@ -19,7 +19,8 @@ already prepared (TFDS is not asked to download).
     python training/quick_run.py [--epochs 1] [--train-examples 24000]
 
 Writes RUN_DIR/<model>/ (a run folder each, see psconv_tf.training.run_config)
-and RUN_DIR/quick_run.json.
+and RUN_DIR/quick_run.json; a RUN_DIR holding other files is refused
+(--force-run-dir adds the run's files among them).
 """
 
 import argparse
@@ -27,15 +28,23 @@ import dataclasses
 import os
 import time
 
+from psconv_tf import files
 from psconv_tf.training import classification
 from psconv_tf.training import cli
 from psconv_tf.training import configs
-from psconv_tf import files
+from psconv_tf.training import ownership
+from psconv_tf.training import run_config
 from psconv_tf.training import small_data
+from psconv_tf.training.errors import InputError
+from psconv_tf.training.errors import writing
 from psconv_tf.training.strategy import worker_output_dir
 
 SCRIPT = "quick_run"
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+RESULTS_FILE = "quick_run.json"
+# RUN_DIR: a folder of the models' run folders and the comparison.
+KIND = ownership.Kind("quick run", entries=(RESULTS_FILE, run_config.WORKERS_DIR),
+                      child=run_config.KIND, peers=run_config.WORKERS_DIR)
 
 
 def build_parser():
@@ -68,37 +77,59 @@ def _data_dir(data_dir):
     return data_dir
 
 
+def _model_names(text):
+    names = [name.strip() for name in text.split(",")]
+    if not any(names):
+        raise InputError("names no model; give comma-separated zoo models.", argument="models")
+    if not all(names):
+        raise InputError(f"has an empty name in {text!r}.", argument="models")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise InputError(f"names {repeated[0]} twice.", argument="models")
+    for name in names:
+        cli.check_model_name(name, argument="models")
+    return names
+
+
 def main(argv=None):
     args = cli.parse_args(build_parser(), argv, SCRIPT)
     started = time.time()
-    model_names = [name for name in args.models.split(",") if name]
-    for name in model_names:
-        cli.check_model_name(name, argument="models")
+    model_names = _model_names(args.models)
     recipe = cli.recipe_from_args(configs.QUICK, args, lambda epochs: ())
     run_dir = args.run_dir or os.path.join("runs", "quick_run")
     strategy, options = cli.runtime_from_args(args, run_dir)
+    ownership.check(run_dir, KIND, args.force_run_dir, model_names)  # before reading the data
     data = small_data.load_data("fashion_mnist", _data_dir(args.data_dir),
                                 args.train_examples, args.seed, download=False)
     results = {}
-    for name in model_names:
-        config = classification.small_image_config(
-            name, {}, data, recipe, args.seed, strategy, options, SCRIPT,
-            cli.replay_arguments(args))
-        metrics = classification.train_small_images(
-            config, data, strategy, dataclasses.replace(options, run_dir=os.path.join(run_dir, name)))
-        results[name] = {"test_top1": metrics["final"]["top1"],
-                         "seconds": metrics["seconds"]}
-    summary = {
-        "dataset": "fashion_mnist",
-        "train_examples": len(data.train[0]),
-        "test_examples": len(data.test[0]),
-        "epochs": recipe.epochs,
-        "batch_size": recipe.batch_size,
-        "results": results,
-        "wall_seconds": round(time.time() - started, 1),
-    }
-    path = os.path.join(worker_output_dir(strategy, run_dir), "quick_run.json")
-    files.write_json(path, summary)
+    output_dir = worker_output_dir(strategy, run_dir)
+    with ownership.claim(output_dir, KIND, model_names, args.force_run_dir,
+                         chief_path=run_dir) as claim:
+        claim.remove_temporaries()
+        for number, name in enumerate(model_names, 1):
+            model_dir = os.path.join(run_dir, name)
+            if args.verbose:
+                print(f"Training {name} ({number} of {len(model_names)}) in {model_dir}",
+                      flush=True)
+            config = classification.small_image_config(
+                name, {}, data, recipe, args.seed, strategy, options, SCRIPT,
+                cli.replay_arguments(args))
+            metrics = classification.train_small_images(
+                config, data, strategy, dataclasses.replace(options, run_dir=model_dir))
+            results[name] = {"test_top1": metrics["final"]["top1"],
+                             "seconds": metrics["seconds"]}
+        summary = {
+            "dataset": "fashion_mnist",
+            "train_examples": len(data.train[0]),
+            "test_examples": len(data.test[0]),
+            "epochs": recipe.epochs,
+            "batch_size": recipe.batch_size,
+            "results": results,
+            "wall_seconds": round(time.time() - started, 1),
+        }
+        path = os.path.join(output_dir, RESULTS_FILE)
+        with writing(path):
+            files.write_json(path, summary)
     print(f"\nFashion-MNIST, {summary['train_examples']} training images, "
           f"{recipe.epochs} epoch{'s' * (recipe.epochs != 1)}, "
           f"test set of {summary['test_examples']}:")

@@ -1,14 +1,24 @@
 """The library behind `training/coco.py`: options, data, the resumable fit
 on a tf.distribute strategy, and the evaluation of RetinaNet on
-COCO-format files or TFDS `coco/2017`. Strategy, precision, XLA and atomic
-files come from `psconv_tf.training`; the loop is Keras' `fit` with
-`BackupAndRestore`, since the detector's loss is its own `compute_loss`."""
+COCO-format files or TFDS `coco/2017`. Strategy, precision, XLA, atomic
+files and the run folder's manifest and lock come from `psconv_tf.training`;
+the loop is Keras' `fit` with `BackupAndRestore` (its files written whole),
+since the detector's loss is its own `compute_loss`.
+
+A run folder holds psconv_run.json (`ownership`), backup/ (until
+final.keras is written), final.keras and results.json (null where a
+metric is undefined); one without manifest written by an earlier release
+is recognised by these names alone and one of them present.
+"""
 
 import dataclasses
+import json
 import math
 import os
+import zipfile
 
 import keras
+import tensorflow as tf
 
 from psconv_tf.detection import coco_data
 from psconv_tf.detection import evaluation
@@ -16,13 +26,30 @@ from psconv_tf.detection import input_pipeline
 from psconv_tf.detection import retinanet
 from psconv_tf.hub import PSResNetBackbone
 from psconv_tf import files
+from psconv_tf.training import ownership
 from psconv_tf.training import strategy as strategies
 from psconv_tf.training.errors import InputError
+from psconv_tf.training.errors import describe_error
+from psconv_tf.training.errors import writing
+from psconv_tf.training.stopping import StopSignals
+from psconv_tf.training.stopping import TrainingStopped
 
 MODEL_FILE = "final.keras"
 RESULTS_FILE = "results.json"
 BACKUP_DIR = "backup"
 COCO_TRAIN_IMAGES = 117266  # TFDS coco/2017 train, for steps per epoch
+WORKERS_DIR = "workers"
+
+
+def _written_by_earlier_release(path):
+    return any(tf.io.gfile.exists(os.path.join(path, name)) for name in (
+        MODEL_FILE, RESULTS_FILE, os.path.join(BACKUP_DIR, "training_metadata.json")))
+
+
+KIND = ownership.Kind("coco detection",
+                      entries=(BACKUP_DIR, MODEL_FILE, RESULTS_FILE, WORKERS_DIR),
+                      owned_folders=(BACKUP_DIR,), evidence=_written_by_earlier_release,
+                      peers=WORKERS_DIR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +77,7 @@ class Options:
     eval_only: bool = False
     seed: int = 0
     verbose: int = 2
+    force_run_dir: bool = False
 
 
 def options_from_args(args):
@@ -58,6 +86,12 @@ def options_from_args(args):
 
     if args.model not in models.list_models():
         raise InputError(f"{args.model!r} is not a zoo model", argument="model")
+    stages = len(models.architecture(args.model)["stages"])
+    if not -1 <= args.frozen_stages <= stages:
+        raise InputError(f"must be from -1 (none) to {stages} (every stage of {args.model}); "
+                         f"got {args.frozen_stages}", argument="frozen_stages")
+    if args.warmup_steps < 0:
+        raise InputError(f"must be 0 or more; got {args.warmup_steps}", argument="warmup_steps")
     json_arguments = ("annotations", "images", "val_annotations", "val_images")
     given = [name for name in json_arguments if getattr(args, name)]
     if args.data_dir is not None and given:
@@ -128,10 +162,10 @@ def build(options, num_classes, dtype=None):
 
 def run(options):
     """Trains (resuming from the run's backup), saves `final.keras` and
-    returns the validation AP dict, also written to `results.json`."""
+    returns the validation AP dict (None where undefined), also written to
+    `results.json`. A finished run returns its stored results."""
+    ownership.check(options.run_dir, KIND, options.force_run_dir)  # before the data
     keras.utils.set_random_seed(options.seed)
-    os.makedirs(options.run_dir, exist_ok=True)
-    files.remove_temporaries(options.run_dir)
     try:
         data = load_data(options)
     except coco_data.AnnotationError as error:
@@ -145,46 +179,168 @@ def run(options):
                          argument="batch_size")
     steps = options.steps_per_epoch or max(1, data.train_size // options.batch_size)
     model_path = os.path.join(options.run_dir, MODEL_FILE)
+    backup_dir = os.path.join(options.run_dir, BACKUP_DIR)
     # Every worker saves; workers other than the chief write where they
     # clobber nothing, as the classification trainer does.
     output_dir = strategies.worker_output_dir(strategy, options.run_dir)
-    with strategy.scope():
-        if options.eval_only:
-            if not os.path.isfile(model_path):
-                raise InputError(f"{model_path} does not exist", argument="run_dir")
-            detector = keras.saving.load_model(model_path, compile=False)
-        else:
-            detector = build(options, len(data.categories),
-                             dtype=None if policy == "float32" else policy)
-            detector.compile(
-                optimizer=options.schedule.optimizer(options.batch_size, steps),
-                jit_compile=strategies.resolve_jit_compile(options.jit_compile, kind),
-            )
-    if not options.eval_only:
-        train = input_pipeline.batched(
-            data.train, options.inputs, options.batch_size, training=True, seed=options.seed
-        ).repeat()
-        detector.fit(
-            retinanet.train_inputs(train),
-            epochs=options.schedule.epochs,
-            steps_per_epoch=steps,
-            callbacks=[
-                keras.callbacks.BackupAndRestore(os.path.join(options.run_dir, BACKUP_DIR)),
-                keras.callbacks.TerminateOnNaN(),
-            ],
-            verbose=options.verbose,
-        )
-        files.save_model(detector, os.path.join(output_dir, MODEL_FILE))
-    val = input_pipeline.batched(data.val, options.inputs, options.batch_size, training=False)
-    results = evaluation.evaluate_boxes(
-        data.ground_truth, retinanet.detect(detector, val, data.categories)
-    )
-    files.write_json(os.path.join(output_dir, RESULTS_FILE), results)
+    with ownership.claim(output_dir, KIND, force=options.force_run_dir,
+                         chief_path=options.run_dir) as claim:
+        claim.remove_temporaries()
+        results_path = os.path.join(output_dir, RESULTS_FILE)
+        complete = not options.eval_only and _complete(options.run_dir, options.schedule.epochs)
+        if complete:
+            stored = _read_results(results_path)
+            if stored is not None:
+                if options.verbose:
+                    print(f"{options.run_dir} is complete: nothing to do ({model_path}; "
+                          f"--eval-only evaluates it again).", flush=True)
+                return stored
+        with strategy.scope():
+            if options.eval_only or complete:
+                detector = _load_detector(model_path)
+            else:
+                detector = build(options, len(data.categories),
+                                 dtype=None if policy == "float32" else policy)
+                detector.compile(
+                    optimizer=options.schedule.optimizer(options.batch_size, steps),
+                    jit_compile=strategies.resolve_jit_compile(options.jit_compile, kind),
+                )
+        if not (options.eval_only or complete):
+            train = input_pipeline.batched(
+                data.train, options.inputs, options.batch_size, training=True,
+                seed=options.seed).repeat()
+            with StopSignals() as signals:
+                detector.fit(
+                    retinanet.train_inputs(train),
+                    epochs=options.schedule.epochs,
+                    steps_per_epoch=steps,
+                    callbacks=[_Backup(backup_dir, options.run_dir),
+                               keras.callbacks.TerminateOnNaN(), _StopAtStep(signals)],
+                    verbose=options.verbose,
+                )
+            final_path = os.path.join(output_dir, MODEL_FILE)
+            with writing(final_path):
+                files.save_model(detector, final_path)
+            if strategies.is_chief(strategy):
+                files.remove(backup_dir)  # final.keras holds the run now
+        val = input_pipeline.batched(data.val, options.inputs, options.batch_size,
+                                     training=False)
+        results = evaluation.evaluate_boxes(
+            data.ground_truth, retinanet.detect(detector, val, data.categories))
+        # JSON has no NaN: an undefined AP (no object of that size) is null.
+        results = {name: value if math.isfinite(value) else None
+                   for name, value in results.items()}
+        with writing(results_path):
+            files.write_json(results_path, results)
     return results
+
+
+def _complete(run_dir, epochs):
+    """Whether the run has written final.keras after its last epoch."""
+    if not tf.io.gfile.exists(os.path.join(run_dir, MODEL_FILE)):
+        return False
+    metadata = os.path.join(run_dir, BACKUP_DIR, "training_metadata.json")
+    if not tf.io.gfile.exists(metadata):
+        return True
+    try:
+        with tf.io.gfile.GFile(metadata, "rb") as file:
+            return json.loads(file.read().decode("utf-8"))["epoch"] >= epochs
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, tf.errors.OpError):
+        return False  # the backup's restore names the damage
+
+
+def _read_results(path):
+    try:
+        with tf.io.gfile.GFile(path, "rb") as file:
+            results = json.loads(file.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, tf.errors.OpError):
+        return None
+    return results if isinstance(results, dict) else None
+
+
+def _load_detector(path):
+    """The detector of final.keras; `InputError` naming it if missing or damaged."""
+    if not tf.io.gfile.exists(path):
+        raise InputError(f"{path} does not exist", argument="run_dir")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # whatever a damaged zip makes Keras raise
+        # Keras says "File not found" for a truncated file.
+        reason = (describe_error(error) if _is_zip(path)
+                  else "not a whole .keras zip file: truncated or overwritten")
+        raise InputError(f"{path} is damaged ({reason}); train again in a new run folder, "
+                         "or restore the file", argument="run_dir") from None
+
+
+def _is_zip(path):
+    try:
+        with tf.io.gfile.GFile(path, "rb") as file:
+            return zipfile.is_zipfile(file)
+    except (OSError, tf.errors.OpError):
+        return False
+
+
+class _Backup(keras.callbacks.BackupAndRestore):
+    """Keras's backup, each file written whole (a kill while saving leaves
+    the previous one), a damaged one named in one line, and kept until
+    final.keras is written (`run` removes it then)."""
+
+    def __init__(self, backup_dir, run_dir):
+        super().__init__(backup_dir, delete_checkpoint=False)
+        self._how = (f"move {backup_dir} away to start the training over, or use "
+                     f"another run folder than {run_dir}")
+
+    def _save_model(self):
+        with writing(self.backup_dir):
+            with files.atomic_path(self._weights_path) as temporary:
+                self.model.save_weights(temporary, overwrite=True)
+            files.write_json(self._training_metadata_path,
+                             {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+
+    def _load_model(self):
+        metadata = self._training_metadata_path
+        if tf.io.gfile.exists(metadata):
+            try:
+                with tf.io.gfile.GFile(metadata, "rb") as file:
+                    int(json.loads(file.read().decode("utf-8"))["epoch"])
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+                raise InputError(f"{metadata} is damaged ({describe_error(error)}); "
+                                 f"{self._how}", argument="run_dir") from None
+        try:
+            super()._load_model()
+        except Exception as error:  # whatever a damaged .h5 makes Keras raise
+            raise InputError(
+                f"{self._weights_path} cannot be restored (damaged, or the backup of "
+                f"another model: {describe_error(error)}); {self._how}", argument="run_dir",
+            ) from None
+
+
+class _StopAtStep(keras.callbacks.Callback):
+    """Stops `fit` at the end of a step once SIGINT or SIGTERM came
+    (`stopping.StopSignals`); the rerun resumes from the last epoch's backup."""
+
+    def __init__(self, signals):
+        super().__init__()
+        self.signals = signals
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._stop((self.epoch + 1, batch + 1), (self.epoch + 1, 0))
+
+    def on_epoch_end(self, epoch, logs=None):  # after the backup's save
+        self._stop((epoch + 2, 0), (epoch + 2, 0))
+
+    def _stop(self, stopped_at, resume_at):
+        if self.signals.requested is not None:
+            raise TrainingStopped(self.signals.requested, stopped_at=stopped_at,
+                                  resume_at=resume_at)
 
 
 def format_results(results):
     return "box " + "  ".join(
-        f"{name} {100 * value:.1f}" if math.isfinite(value) else f"{name} -"
-        for name, value in results.items()
+        f"{name} {100 * value:.1f}" if value is not None and math.isfinite(value)
+        else f"{name} -" for name, value in results.items()
     )

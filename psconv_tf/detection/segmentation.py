@@ -4,12 +4,16 @@ mean IoU.
 
     python -m psconv_tf.detection.segmentation --data-dir data/shapes \
         --model resnet18 --epochs 8
+
+The data set is generated into --data-dir when that folder has no train/:
+only into a new or empty folder, or one it generated before (marked by its
+psconv_run.json), holding the folder's lock meanwhile, so that neither
+another run nor the user's files are overwritten.
 """
 
 import argparse
 import glob
 import os
-import sys
 
 import keras
 import keras_hub
@@ -19,8 +23,35 @@ import tensorflow as tf
 from psconv_tf.detection import input_pipeline
 from psconv_tf.detection import synthetic
 from psconv_tf.hub import PSResNetBackbone
+from psconv_tf.training import cli
+from psconv_tf.training import ownership
+from psconv_tf.training.errors import InputError
 
 NUM_CLASSES = len(synthetic.CLASSES) + 1  # and the background
+SPLIT_FOLDERS = ("train", "val", "train_masks", "val_masks", "annotations")
+# Written last by `synthetic.generate`: the data set is complete.
+LAST_FILE = os.path.join("annotations", "instances_val.json")
+# A folder of generated data (see the module's docstring).
+DATA_KIND = ownership.Kind(
+    "generated shapes", entries=SPLIT_FOLDERS, owned_folders=SPLIT_FOLDERS,
+    evidence=lambda path: os.path.isfile(os.path.join(path, LAST_FILE)))
+
+
+def prepare_data(data_dir, image_size, seed=0):
+    """Generates the shapes into `data_dir` unless it holds a data set
+    (train/ and val/, the user's or a complete generated one).
+
+    Raises:
+        InputError: the folder holds other files, is in use, or is a file.
+    """
+    generated = ownership.is_run_folder(data_dir, DATA_KIND)
+    complete = os.path.isfile(os.path.join(data_dir, LAST_FILE))
+    if os.path.isdir(os.path.join(data_dir, "train")) and (complete or not generated):
+        return
+    with ownership.claim(data_dir, DATA_KIND) as claim:
+        claim.remove_temporaries()
+        synthetic.generate(data_dir, image_size=image_size, max_size=int(image_size * 0.55),
+                           min_size=8, seed=seed)
 
 
 def build_segmenter(backbone, num_classes=NUM_CLASSES):
@@ -89,17 +120,20 @@ def main(argv=None):
     parser.add_argument("--data-dir", required=True,
                         help="folder of the generated data (written if absent)")
     parser.add_argument("--model", default="resnet18", help="zoo backbone name")
-    parser.add_argument("--image-size", type=int, default=128,
+    parser.add_argument("--image-size", type=cli.positive_int, default=128,
                         help="side the images are resized to (and generated at)")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs")
-    parser.add_argument("--batch-size", type=int, default=16, help="batch size")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--epochs", type=cli.positive_int, default=8, help="training epochs")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=16, help="batch size")
+    parser.add_argument("--learning-rate", type=cli.finite_float, default=1e-3,
+                        help="Adam learning rate")
+    parser.add_argument("--seed", type=cli.seed, default=0,
+                        help=f"random seed, in [0, {cli.MAX_SEED}]")
     args = parser.parse_args(argv)
+    cli.check_model_name(args.model)
+    if args.image_size < 32:
+        raise InputError(f"must be at least 32; got {args.image_size}", argument="image_size")
     keras.utils.set_random_seed(args.seed)
-    if not os.path.isdir(os.path.join(args.data_dir, "train")):
-        synthetic.generate(args.data_dir, image_size=args.image_size,
-                           max_size=int(args.image_size * 0.55), min_size=8)
+    prepare_data(args.data_dir, args.image_size, args.seed)
     paths = {split: (os.path.join(args.data_dir, split), os.path.join(args.data_dir, split + "_masks"))
              for split in ("train", "val")}
     try:
@@ -107,7 +141,7 @@ def main(argv=None):
                         seed=args.seed)
         val = dataset(*paths["val"], args.image_size, args.batch_size, training=False)
     except FileNotFoundError as error:
-        sys.exit(f"segmentation: error: {error}")
+        raise InputError(str(error), argument="data_dir") from None
     size = args.image_size
     segmenter = build_segmenter(PSResNetBackbone.from_zoo(args.model, image_shape=(size, size, 3)))
     segmenter.compile(
@@ -120,4 +154,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main, resumable=False)  # it keeps no state to resume from

@@ -2,28 +2,37 @@
 
 Flags are defined once here; `parse_args` replays a stored run
 (`--config RUN/config.json`, explicit flags override) and `run_main` turns
-the library's neutral errors into one-line `error: --flag: ...` messages.
+the library's neutral errors into one-line `error: --flag: ...` messages,
+and a stop by SIGINT or SIGTERM into one line and the exit status 130 or
+143.
 """
 
 import argparse
 import dataclasses
 import math
 import re
+import signal
 import sys
 
 from psconv_tf import lattice
 from psconv_tf import models
 from psconv_tf.training import run_config
+from psconv_tf.training import stopping
 from psconv_tf.training import strategy as strategies
 from psconv_tf.training.configs import SCHEDULES
 from psconv_tf.training.errors import InputError
 from psconv_tf.training.errors import NonFiniteLossError
+from psconv_tf.training.errors import NotARunFolderError
 from psconv_tf.training.errors import ResumeMismatchError
+from psconv_tf.training.errors import RunWriteError
 from psconv_tf.training.trainer import RunOptions
 
 # Flags that change how a run executes or reports, not what it is: not
 # stored for replays.
-NOT_REPLAYED = ("config", "verbose", "log_every", "allow_changes", "check_images")
+NOT_REPLAYED = ("config", "verbose", "log_every", "allow_changes", "check_images",
+                "force_run_dir")
+# Seeds of Python's, NumPy's and TensorFlow's generators: [0, 2**32).
+MAX_SEED = 2**32 - 1
 
 
 # Argument types --------------------------------------------------------------
@@ -53,6 +62,30 @@ def positive_int(text):
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
+
+
+def seed(text):
+    """An argparse type: a seed, an integer in [0, 2**32 - 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_SEED}], got {text!r}")
+    return value
+
+
+def add_run_dir_arguments(parser, default_run_dir):
+    """--run-dir and --force-run-dir."""
+    parser.add_argument("--run-dir", default=None,
+                        help=f"folder of the run's files; default {default_run_dir}. A "
+                             "folder that holds other files and no run is refused")
+    parser.add_argument(
+        "--force-run-dir", action="store_true",
+        help="use a --run-dir that holds files of its own: the run adds its files "
+             "among them, refuses if one of its names is taken, and never touches "
+             "the others",
+    )
 
 
 def int_list(text):
@@ -200,8 +233,7 @@ def add_runtime_arguments(parser, default_run_dir):
         help="replay a run: take every setting from a run's config.json "
              "(flags given as well override it)",
     )
-    parser.add_argument("--run-dir", default=None,
-                        help=f"folder of the run's files; default {default_run_dir}")
+    add_run_dir_arguments(parser, default_run_dir)
     parser.add_argument(
         "--allow-changes", action="store_true",
         help="resume a run folder even though --epochs, --decay-epochs or the data "
@@ -236,8 +268,9 @@ def add_runtime_arguments(parser, default_run_dir):
         "--steps-per-loop", type=positive_int, default=1,
         help="steps per call of the compiled training loop (e.g. 100 on TPU); default 1",
     )
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the initialization and the augmentation; default 0")
+    parser.add_argument("--seed", type=seed, default=0,
+                        help="seed of the initialization and the augmentation, in "
+                             f"[0, {MAX_SEED}]; default 0")
     parser.add_argument(
         "--verbose", type=int, default=1, choices=(0, 1, 2),
         help="0 silent, 1 progress (a bar on a terminal, else a plain line "
@@ -293,6 +326,7 @@ def runtime_from_args(args, run_dir):
         verbose=args.verbose,
         log_every=args.log_every,
         allow_changes=args.allow_changes,
+        force_run_dir=args.force_run_dir,
     )
     return strategy, options
 
@@ -303,18 +337,31 @@ def error_message(error):
         return (f"error: --run-dir: {error} Resume it with its own settings "
                 f"(--config {run_config.RunFolder(error.run_dir).config}), pass "
                 "--allow-changes for --epochs or --decay-epochs, or give a new --run-dir.")
+    if isinstance(error, NotARunFolderError) and error.forceable:
+        return (f"error: --run-dir: {error}, or pass --force-run-dir to add this run's "
+                "files among them.")
     if isinstance(error, InputError) and error.argument:
         return f"error: {flag(error.argument)}: {error}"
     return f"error: {error}"
 
 
-def run_main(main, argv=None):
+def run_main(main, argv=None, resumable=True):
     """Runs `main(argv)`; a library error exits with a one-line message.
 
-    Bad input (`InputError`) and a diverged run (`NonFiniteLossError`) exit
-    with status 1 and no traceback.
+    Bad input (`InputError`), a diverged run (`NonFiniteLossError`) and a
+    failed write (`RunWriteError`) exit with status 1 and no traceback;
+    SIGINT (Ctrl-C) and SIGTERM print where the run stopped (and, where
+    `resumable`, that rerunning the command resumes it) and exit with 128 +
+    the signal's number.
     """
-    try:
-        return main(argv)
-    except (InputError, NonFiniteLossError) as error:
-        sys.exit(error_message(error))
+    with stopping.raise_on_signals():
+        try:
+            return main(argv)
+        except (InputError, NonFiniteLossError, RunWriteError) as error:
+            sys.exit(error_message(error))
+        except KeyboardInterrupt as stop:
+            if not isinstance(stop, stopping.TrainingStopped):
+                stop = stopping.TrainingStopped(signal.SIGINT)
+            message = stop.message() if resumable else stop.message().split(";")[0]
+            print(message, file=sys.stderr, flush=True)
+            sys.exit(stop.exit_status)

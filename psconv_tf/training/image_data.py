@@ -25,6 +25,7 @@ import tensorflow as tf
 from psconv_tf.training import preprocessing
 from psconv_tf.training.errors import InputError
 from psconv_tf.training.errors import describe_error
+from psconv_tf.training.errors import os_error_text
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -49,19 +50,21 @@ class ImageSource:
     num_examples: Optional[int]
     num_classes: int
     class_names: Optional[tuple] = None
+    excluded: tuple = ()
 
     def without(self, names):
         """This source without the images named in `names` (e.g. from
-        `scan_images`)."""
-        names = tf.constant(sorted(names) or [""])
+        `scan_images`), which a pipeline counts as skipped (`excluded`)."""
+        names = tuple(sorted(names))
+        constant = tf.constant(names or ("",))
         read = self.read
 
         def read_kept(input_context, shuffle):
             return read(input_context, shuffle).filter(
                 lambda name, payload, label: tf.logical_not(
-                    tf.reduce_any(tf.equal(name, names))))
+                    tf.reduce_any(tf.equal(name, constant))))
 
-        return dataclasses.replace(self, read=read_kept)
+        return dataclasses.replace(self, read=read_kept, excluded=self.excluded + names)
 
 
 class SkippedImages:
@@ -75,11 +78,13 @@ class SkippedImages:
 
     MAX_LISTED = 100
 
-    def __init__(self):
+    def __init__(self, names=()):
         self._names = []
         self._seen = set()
         self._reported = 0
         self._lock = threading.Lock()
+        for name in names:
+            self.add(name)
 
     def add(self, name):
         with self._lock:
@@ -115,7 +120,7 @@ def list_image_folder(split_dir, class_names=None):
         raise InputError(f"no folder {split_dir}.", argument="data_dir")
     folders = sorted(
         name.rstrip("/")
-        for name in tf.io.gfile.listdir(split_dir)
+        for name in _listing(split_dir)
         if tf.io.gfile.isdir(os.path.join(split_dir, name))
     )
     if not folders:
@@ -129,10 +134,11 @@ def list_image_folder(split_dir, class_names=None):
         )
     paths, labels = [], []
     for name in folders:
+        folder = os.path.join(split_dir, name)
         found = sorted(
-            path
-            for path in tf.io.gfile.glob(os.path.join(split_dir, name, "*"))
-            if path.lower().endswith(IMAGE_EXTENSIONS)
+            os.path.join(folder, entry)
+            for entry in _listing(folder, "class folder ")
+            if entry.lower().endswith(IMAGE_EXTENSIONS)
         )
         if not found:
             raise InputError(
@@ -142,6 +148,15 @@ def list_image_folder(split_dir, class_names=None):
         paths += found
         labels += [class_names.index(name)] * len(found)
     return paths, labels, class_names
+
+
+def _listing(folder, what="folder "):
+    """The names in `folder`; an `InputError` if it cannot be read."""
+    try:
+        return tf.io.gfile.listdir(folder)
+    except tf.errors.OpError as error:
+        raise InputError(f"{what}{folder} cannot be read ({os_error_text(error)}).",
+                         argument="data_dir") from None
 
 
 def image_folder_source(split_dir, class_names=None):
@@ -267,7 +282,10 @@ def _kept(skipped):
 class ImagenetInput:
     """A `dataset_fn(input_context)` of preprocessed ImageNet-style batches.
 
-    Undecodable images are skipped and named in `self.skipped`.
+    Undecodable images are skipped and named in `self.skipped` (with those
+    the source excludes). Training repeats the decoded images, not the
+    files: a pass in which every image fails ends the dataset instead of
+    looping forever, and the trainer reports it.
 
     Args:
         source: an `ImageSource`.
@@ -283,20 +301,21 @@ class ImagenetInput:
         self.training = training
         self.image_size = image_size
         self.global_batch_size = global_batch_size
-        self.skipped = SkippedImages()
+        self.skipped = SkippedImages(source.excluded)
 
     def __call__(self, input_context):
         training, size = self.training, self.image_size
         preprocess = preprocessing.preprocess_for_train if training else (
             preprocessing.preprocess_for_eval)
         records = self.source.read(input_context, shuffle=training)
-        if training:
-            records = records.repeat()
         images = records.interleave(
             decoded_or_flagged(self.source, lambda image: preprocess(image, size),
                                (size, size, 3)),
             num_parallel_calls=AUTOTUNE, deterministic=not training,
         ).filter(_kept(self.skipped)).map(lambda image, label, ok, name: (image, label))
+        if training:
+            # After the filter: tf.data ends a repetition whose first pass is empty.
+            images = images.repeat()
         batch_size = input_context.get_per_replica_batch_size(self.global_batch_size)
         return images.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE)
 

@@ -5,12 +5,19 @@ configuration; training, resuming, replaying (`--config`) and export all go
 through it.
 
 A run folder holds:
+- `psconv_run.json`: the manifest (`ownership`): a classification run
+  folder, and the entries below;
 - `config.json`: a `RunConfig`, everything that defines the run;
 - `best.keras`: the model (float32) of the best validation top-1;
 - `backup/`: the latest training state, which a restarted run resumes from;
 - `log.jsonl`: one JSON record per start, epoch, backup and skipped image;
 - `logs/`: TensorBoard scalars;
-- `metrics.json`: the final and best validation metrics, skipped images.
+- `metrics.json`: the final and best validation metrics (epochs counted
+  from 1), skipped images, time;
+- `workers/`: the copies of the other workers of a multi-worker run;
+- `psconv_run.lock`, while a run writes it (`run_lock`).
+A folder without manifest written by an earlier release is recognised by
+its config.json (a `RunConfig`) or its `backup/checkpoint`.
 
 >>> from psconv_tf.training import configs
 >>> config = RunConfig(model="cifar_resnet20", num_classes=10, image_size=32,
@@ -32,10 +39,13 @@ from typing import Optional
 import tensorflow as tf
 
 from psconv_tf import files
+from psconv_tf.training import ownership
+from psconv_tf.training.backup import start_over_advice
 from psconv_tf.training.configs import Recipe
 from psconv_tf.training.errors import InputError
 from psconv_tf.training.errors import ResumeMismatchError
-from psconv_tf.training.errors import describe_error
+from psconv_tf.training.errors import os_error_text
+from psconv_tf.training.run_log import quiet_tensorflow
 
 CONFIG_FILE = "config.json"
 BEST_MODEL_FILE = "best.keras"
@@ -43,6 +53,7 @@ METRICS_FILE = "metrics.json"
 LOG_FILE = "log.jsonl"
 BACKUP_DIR = "backup"
 TENSORBOARD_DIR = "logs"
+WORKERS_DIR = "workers"
 # Fields that may differ when a run resumes: they change how it executes,
 # not what it learns.
 EXECUTION_FIELDS = ("jit_compile", "replicas", "arguments")
@@ -201,12 +212,70 @@ class RunFolder:
     tensorboard = property(lambda self: self._join(TENSORBOARD_DIR))
 
     def has_backup(self):
-        return bool(tf.io.gfile.isdir(self.backup) and tf.train.latest_checkpoint(self.backup))
+        return self.latest_backup() is not None
+
+    def latest_backup(self):
+        """The prefix of the latest backup (`backup/ckpt-N`), or None.
+
+        Raises:
+            InputError: (argument "run_dir") backup/ is damaged: its
+                `checkpoint` file is unreadable or names missing files, or
+                it is missing beside checkpoints. Never started over silently.
+        """
+        if not tf.io.gfile.isdir(self.backup):
+            return None
+        state_file = os.path.join(self.backup, "checkpoint")
+        how = start_over_advice(self.backup)
+        if not tf.io.gfile.exists(state_file):
+            if tf.io.gfile.glob(os.path.join(self.backup, "ckpt-*.index")):
+                raise InputError(f"{self.backup} holds checkpoints but no `checkpoint` file "
+                                 f"naming the latest; {how}.", argument="run_dir")
+            return None
+        with quiet_tensorflow():  # it warns "Checkpoint ignored" and returns None
+            state = tf.train.get_checkpoint_state(self.backup)
+        if state is None or not state.model_checkpoint_path:
+            raise InputError(f"{state_file} is damaged; {how}.", argument="run_dir")
+        prefix = state.model_checkpoint_path
+        if not tf.io.gfile.exists(prefix + ".index"):
+            raise InputError(f"{state_file} names {prefix}, whose files are missing; {how}.",
+                             argument="run_dir")
+        return prefix
+
+
+def _written_by_earlier_release(path):
+    """A classification run folder without manifest: its backup or its config.json."""
+    folder = RunFolder(path)
+    if tf.io.gfile.exists(os.path.join(folder.backup, "checkpoint")):
+        return True
+    try:
+        read_config_file(folder.config)
+        return True
+    except InputError:
+        return False
+
+
+# The run folder of a classification run (see `ownership`).
+KIND = ownership.Kind(
+    "classification",
+    entries=(CONFIG_FILE, BEST_MODEL_FILE, METRICS_FILE, LOG_FILE, BACKUP_DIR,
+             TENSORBOARD_DIR, WORKERS_DIR),
+    owned_folders=(BACKUP_DIR,),
+    evidence=_written_by_earlier_release,
+    peers=WORKERS_DIR,
+)
 
 
 def write_config(run_dir, config):
-    """Writes `config` as RUN_DIR/config.json, atomically."""
-    files.write_json(RunFolder(run_dir).config, config.to_dict())
+    """Writes `config` as RUN_DIR/config.json, atomically.
+
+    Raises:
+        InputError: (argument "run_dir") it cannot be written.
+    """
+    try:
+        files.write_json(RunFolder(run_dir).config, config.to_dict())
+    except (OSError, tf.errors.OpError) as error:
+        raise InputError(f"cannot write to {run_dir} ({os_error_text(error)}).",
+                         argument="run_dir") from None
 
 
 def read_config_file(path):
@@ -241,55 +310,30 @@ def read_config(run_dir):
     return read_config_file(path)
 
 
-def prepare_run_folder(folder, chief_folder, config, allow_changes=False):
-    """Checks a run folder, compares a stored run with `config`, writes config.json.
-
-    Also removes what killed writers left behind (`files.remove_temporaries`).
+def resumable_backup(folder, config, allow_changes=False):
+    """The backup a run of `config` resumes from, after checking that the
+    folder holds the same run; None where there is no backup.
 
     Args:
-        folder: this process's `RunFolder`.
-        chief_folder: the chief's `RunFolder` (the same on a single worker),
-            whose backup every worker resumes from.
+        folder: the `RunFolder` whose backup the run resumes from (the
+            chief's, on every worker).
         config: the `RunConfig` of the run to start or resume.
         allow_changes: accept differences in `SAFE_CHANGES`.
 
-    Returns:
-        Whether there is a backup to resume from.
-
     Raises:
-        InputError: the folder is a file or cannot be written.
+        InputError: the backup or config.json is damaged.
         ResumeMismatchError: a backup exists, with other settings.
     """
-    blocking = _file_in_the_way(folder.path)
-    if blocking:
-        raise InputError(f"{blocking} is a file, not a folder.", argument="run_dir")
-    resuming = chief_folder.has_backup()
-    if resuming:
-        try:
-            stored = read_config(chief_folder.path)
-        except InputError as error:
-            raise InputError(str(error), argument="run_dir") from None
-        if stored is not None:
-            _check_resumable(stored, config, chief_folder.path, allow_changes)
-    files.remove_temporaries(folder.path)
+    latest = folder.latest_backup()
+    if latest is None:
+        return None
     try:
-        write_config(folder.path, config)
-    except (OSError, tf.errors.OpError) as error:
-        raise InputError(f"cannot write to {folder.path} ({describe_error(error)}).",
-                         argument="run_dir") from None
-    return resuming
-
-
-def _file_in_the_way(path):
-    """The file at `path` or at one of its parent folders, if any."""
-    while path and path not in ("/", "."):
-        if tf.io.gfile.exists(path):
-            return None if tf.io.gfile.isdir(path) else path
-        parent = os.path.dirname(path.rstrip("/"))
-        if parent == path:
-            return None
-        path = parent
-    return None
+        stored = read_config(folder.path)
+    except InputError as error:
+        raise InputError(str(error), argument="run_dir") from None
+    if stored is not None:
+        _check_resumable(stored, config, folder.path, allow_changes)
+    return latest
 
 
 def _check_resumable(stored, config, run_dir, allow_changes):

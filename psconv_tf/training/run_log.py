@@ -1,7 +1,12 @@
-"""What a run reports: log.jsonl records, TensorBoard scalars, console progress."""
+"""What a run reports: log.jsonl records, TensorBoard scalars, console progress,
+its summary line."""
 
+import contextlib
+import gc
 import json
+import logging
 import math
+import os
 import sys
 import time
 
@@ -28,7 +33,7 @@ class RunLog:
         self.position = position
         self.verbose = verbose
         self.model = model
-        self.summaries = tf.summary.create_file_writer(folder.tensorboard)
+        self._summaries = None  # created with the first epoch's figures
 
     def record(self, event, **fields):
         record = {"event": event, **self.position(), **fields, "time": time.time()}
@@ -40,13 +45,15 @@ class RunLog:
         val_logs = {f"val_{name}": value for name, value in eval_logs.items()}
         self.record("epoch", completed_epoch=epoch, steps=steps, seconds=round(seconds, 2),
                     **train_logs, **val_logs)
-        with self.summaries.as_default(step=steps_done):
+        if self._summaries is None:
+            self._summaries = tf.summary.create_file_writer(self.folder.tensorboard)
+        with self._summaries.as_default(step=steps_done):
             for name, value in {**train_logs, **val_logs}.items():
                 tf.summary.scalar(name, value)
             tf.summary.scalar("learning_rate", learning_rate)
             if self.model is not None:
                 rate_share.write_rate_shares(self.model)
-        self.summaries.flush()
+        self._summaries.flush()
         if self.verbose:
             print(" - ".join(f"{name}: {value:.4f}" for name, value in val_logs.items()),
                   flush=True)
@@ -108,3 +115,57 @@ def _is_terminal(stream):
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def summary_line(metrics, run_dir):
+    """The last line of a run: its best and final validation figures, its
+    time and where its files are.
+
+    >>> print(summary_line({"model": "m", "epochs": 2, "steps_done": 20,
+    ...     "monitor": "top1", "final": {"loss": 0.5, "top1": 0.75},
+    ...     "best": {"epoch": 1, "val_loss": 0.4, "val_top1": 0.8}, "seconds": 75.0},
+    ...     "runs/m"))
+    m: best validation top-1 80.00 % at epoch 1 (runs/m/best.keras); final validation loss 0.5000, top-1 75.00 %; 2 epochs, 20 steps in 1 min 15 s; metrics in runs/m/metrics.json
+    """
+    best, monitor = metrics["best"], metrics.get("monitor", "top1")
+    final = ", ".join(_figure(name, value) for name, value in metrics["final"].items())
+    epochs = metrics["epochs"]
+    return (f"{metrics['model']}: best validation {_figure(monitor, best[f'val_{monitor}'])} "
+            f"at epoch {best['epoch']} ({os.path.join(run_dir, 'best.keras')}); final "
+            f"validation {final}; {epochs} epoch{'s' * (epochs != 1)}, "
+            f"{metrics['steps_done']} steps in {_duration(metrics['seconds'])}; metrics in "
+            f"{os.path.join(run_dir, 'metrics.json')}")
+
+
+def _figure(name, value):
+    if name in ("top1", "top5", "accuracy"):
+        return f"{name.replace('top', 'top-')} {100 * value:.2f} %"
+    return f"{name} {_format(value)}"
+
+
+def _duration(seconds):
+    """
+    >>> _duration(12.3), _duration(3725)
+    ('12 s', '1 h 02 min')
+    """
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+@contextlib.contextmanager
+def quiet_tensorflow():
+    """Silences TensorFlow's Python warnings inside the block, including
+    those of objects it collects there (a failed checkpoint restore warns
+    about every unrestored value when collected)."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        gc.collect()
+        logger.setLevel(level)

@@ -83,10 +83,21 @@ def read_idx(path):
     return array.reshape(shape)
 
 
+class _RefusedConstruct(pickle.UnpicklingError):
+    """A pickle names a function or class the CIFAR reader does not run."""
+
+    def __init__(self, module, name):
+        super().__init__(f"{module}.{name}")
+        self.construct = f"{module}.{name}"
+
+
 class _CifarUnpickler(pickle.Unpickler):
     """Unpickles plain data only: containers, numbers, strings and NumPy
     arrays, which is all CIFAR's batches hold. Any other global (a function
-    such as os.system, a class) is refused before anything runs."""
+    such as os.system, a class) is refused before anything runs. Pickles of
+    protocols 0 to 2 written by Python 3 (bytes through `_codecs.encode`)
+    and of protocol 5 (arrays through `numpy._core.numeric._frombuffer`)
+    are refused too: their constructs are functions, not plain data."""
 
     def find_class(self, module, name):
         if (module, name) in (("numpy.core.multiarray", "_reconstruct"),
@@ -94,7 +105,7 @@ class _CifarUnpickler(pickle.Unpickler):
             return _reconstruct
         if (module, name) in (("numpy", "ndarray"), ("numpy", "dtype")):
             return getattr(np, name)
-        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which CIFAR files never do")
+        raise _RefusedConstruct(module, name)
 
 
 def _reconstruct(subtype, shape, dtype):
@@ -116,6 +127,14 @@ def read_cifar_batch(path, label_key):
         batch = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
         images = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch[label_key], np.int64)
+    except _RefusedConstruct as error:
+        protocol = data[1] if data[:1] == b"\x80" else "0 or 1"
+        raise InputError(
+            f"{path} is not a CIFAR python batch this reader accepts: it is a pickle of "
+            f"protocol {protocol} that calls {error.construct}, a construct not allowed "
+            "here (the reader runs no function a file names; CIFAR's published batches "
+            "and pickles of protocol 3 or 4 call none). Re-save it with pickle protocol "
+            "4, or use the published files.", argument="data_dir") from None
     except Exception as error:  # whatever a malformed file makes pickle raise
         raise InputError(f"{path} is not a CIFAR python batch ({describe_error(error)}).",
                          argument="data_dir") from None
@@ -192,7 +211,7 @@ def load_small_dataset(name, data_dir=None, download=True):
         local = _find_local_files(name, data_dir)
         if local is not None:
             splits = {split: _read_local(name, paths) for split, paths in local.items()}
-            return _checked(name, splits)
+            return _checked(name, splits, data_dir)
     try:
         splits = _read_tfds(name, data_dir, download)
     except Exception as error:
@@ -210,9 +229,12 @@ def load_small_dataset(name, data_dir=None, download=True):
     return _checked(name, splits)
 
 
-def _checked(name, splits):
+def _checked(name, splits, data_dir=None):
     dataset = SMALL_DATASETS[name]
     for split, (images, labels) in splits.items():
+        if not len(images):
+            raise InputError(f"the {split} split of {name} in {data_dir or 'TFDS'} has no "
+                             "images.", argument="data_dir")
         if images.shape[1:] != dataset.image_shape or len(images) != len(labels):
             raise InputError(
                 f"{name} {split}: expected images of shape {dataset.image_shape} "
@@ -315,7 +337,14 @@ def load_data(name, data_dir=None, train_examples=None, seed=0, download=True):
     """
     splits = load_small_dataset(name, data_dir, download)
     images, labels = splits["train"]
+    source = data_dir or "TFDS"
     mean, stddev = channel_stats(images)
+    flat = [channel for channel, value in enumerate(stddev) if not value > 0]
+    if flat:
+        raise InputError(
+            f"every training image of {name} in {source} has the same value "
+            f"({mean[flat[0]]:g}) in channel {flat[0]} (standard deviation 0): they cannot "
+            "be standardized. Check the files.", argument="data_dir")
     if train_examples is not None:
         if not 0 < train_examples <= len(images):
             raise InputError(f"must be in [1, {len(images)}]; got {train_examples}.",

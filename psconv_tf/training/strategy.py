@@ -1,5 +1,6 @@
 """Where a run executes: the `tf.distribute` strategy, precision and XLA."""
 
+import json
 import os
 
 import keras
@@ -61,6 +62,7 @@ def create_strategy(name="auto", tpu=None):
                 '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                 '"task": {"type": "worker", "index": 0}}.', argument="strategy",
             )
+        check_tf_config(need_cluster=True)
         return tf.distribute.MultiWorkerMirroredStrategy()
     return _tpu_strategy(tpu)
 
@@ -68,8 +70,47 @@ def create_strategy(name="auto", tpu=None):
 def _tf_config_workers():
     if not os.environ.get("TF_CONFIG"):
         return 0
+    check_tf_config()
     cluster = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
     return sum(cluster.num_tasks(job) for job in ("chief", "worker") if job in cluster.jobs)
+
+
+def check_tf_config(need_cluster=False):
+    """Raises an `InputError` unless `TF_CONFIG` is a JSON object whose
+    "cluster" (needed where `need_cluster`) maps job names to lists of
+    "host:port" and whose "task" names one of them (a job and an index)."""
+    text = os.environ.get("TF_CONFIG", "")
+    example = ('e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+               '"task": {"type": "worker", "index": 0}}')
+    try:
+        config = json.loads(text or "{}")
+    except ValueError as error:
+        raise InputError(f"TF_CONFIG is not valid JSON ({error}): {text[:60]!r}; "
+                         f"{example}.") from None
+    if not isinstance(config, dict):
+        raise InputError(f"TF_CONFIG is not a JSON object: {text[:60]!r}; {example}.")
+    cluster = config.get("cluster", {})
+    if not isinstance(cluster, dict) or not all(
+            isinstance(addresses, list) and all(isinstance(a, str) for a in addresses)
+            for addresses in cluster.values()) or (need_cluster and not cluster):
+        raise InputError(f"TF_CONFIG has no \"cluster\" of jobs and their addresses; "
+                         f"{example}.")
+    task = config.get("task")
+    if cluster and task is not None:
+        kind, index = (task.get("type"), task.get("index")) if isinstance(task, dict) else (0, 0)
+        if not (kind in cluster and isinstance(index, int) and not isinstance(index, bool)
+                and 0 <= index < len(cluster[kind])):
+            raise InputError(f"TF_CONFIG's \"task\" {task!r} is not one of its cluster's; "
+                             f"{example}.")
+
+
+def is_multi_worker(strategy):
+    """Whether `strategy` trains on several workers (which save together)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    spec = resolver.cluster_spec()
+    return sum(spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs) > 1
 
 
 def _tpu_strategy(tpu):

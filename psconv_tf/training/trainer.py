@@ -1,4 +1,4 @@
-"""Distributed, resumable training of a classifier: `Trainer` and `RunOptions`.
+"""Distributed, resumable training of a classifier: `Trainer`.
 
 The loop is our own rather than `keras.Model.fit`, with Keras's model,
 optimizer, losses, metrics and callbacks, for two reasons found in Keras
@@ -19,10 +19,15 @@ lost; the order of the data after a restart is a fresh shuffle.
 A run refuses to resume with settings other than its stored config.json
 (`RunOptions.allow_changes` accepts those of `run_config.SAFE_CHANGES`),
 and stops with `NonFiniteLossError`, saving nothing, as soon as the loss
-becomes NaN or infinite: the last backup and best.keras stay good.
+becomes NaN or infinite: the last backup and best.keras stay good. A run
+whose recipe is done does nothing but report it. The run folder is claimed
+(`ownership`: a folder of other files is refused, one process at a time)
+before anything is written. SIGINT and SIGTERM stop the loop at the next
+step, after a backup (`stopping`); a write that fails (a full disk) stops
+it with `RunWriteError`, the previous files intact; data that yields no
+batch (every image undecodable) is an `InputError`, not a wait forever.
 """
 
-import dataclasses
 import math
 import time
 import warnings
@@ -31,54 +36,27 @@ import keras
 import tensorflow as tf
 
 from psconv_tf import files
+from psconv_tf.training import ownership
 from psconv_tf.training import run_config
+from psconv_tf.training.backup import Backup
 from psconv_tf.training.errors import InputError
-from psconv_tf.training.errors import NonFiniteLossError
+from psconv_tf.training.errors import RunWriteError
+from psconv_tf.training.errors import writing
 from psconv_tf.training.metrics import classification_metrics
 from psconv_tf.training.metrics import metric_results
 from psconv_tf.training.metrics import update_metrics
 from psconv_tf.training.optimizer import build_optimizer
 from psconv_tf.training.run_log import Progress
 from psconv_tf.training.run_log import RunLog
+from psconv_tf.training.run_options import RunOptions  # noqa: F401 (the Trainer's options)
+from psconv_tf.training.run_state import RunState
+from psconv_tf.training.run_state import read_metrics
 from psconv_tf.training.schedules import learning_rate_schedule
+from psconv_tf.training.stopping import StopSignals
+from psconv_tf.training.stopping import TrainingStopped
 from psconv_tf.training.strategy import dtype_policy
+from psconv_tf.training.strategy import is_multi_worker
 from psconv_tf.training.strategy import worker_output_dir
-
-
-@dataclasses.dataclass(frozen=True)
-class RunOptions:
-    """How a run executes (not what it learns).
-
-    Attributes:
-        run_dir: folder of the run's files (see `run_config`).
-        precision: Keras dtype policy: "float32", "mixed_float16" or
-            "mixed_bfloat16".
-        jit_compile: XLA-compile each replica's forward and backward pass.
-        backup_every: save the training state every this many steps (and at
-            the end of every epoch).
-        steps_per_loop: steps run by one call of the compiled loop (raise it
-            on TPUs to keep the host out of the way).
-        verbose: 0 silent, 1 progress (a bar on a terminal, else a plain
-            line every `log_every` steps), 2 one line per epoch.
-        log_every: steps between plain progress lines.
-        allow_changes: resume even where the fields of
-            `run_config.SAFE_CHANGES` differ from the stored config.json.
-    """
-
-    run_dir: str
-    precision: str = "float32"
-    jit_compile: bool = False
-    backup_every: int = 1000
-    steps_per_loop: int = 1
-    verbose: int = 1
-    log_every: int = 100
-    allow_changes: bool = False
-
-    def __post_init__(self):
-        for name in ("backup_every", "steps_per_loop", "log_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise InputError(f"must be a positive integer; got {value!r}.", argument=name)
 
 
 class Trainer:
@@ -124,6 +102,7 @@ class Trainer:
         self.options = options
         self.build_model = build_model
         self._float32_model = None
+        self._run = None  # the run in progress (`run_state.RunState`), in `fit`
         with dtype_policy(options.precision), strategy.scope():
             self.model = build_model()
             self.optimizer = build_optimizer(
@@ -134,6 +113,8 @@ class Trainer:
         # The position in the recipe and the best validation metrics so far,
         # saved with the weights.
         self.steps_done = tf.Variable(0, dtype=tf.int64, trainable=False)
+        # Seconds of training and evaluation, summed over the run's processes.
+        self.seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.best = {"epoch": tf.Variable(-1, dtype=tf.int64, trainable=False)}
         for metric in self.eval_metrics:
             self.best[metric.name] = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
@@ -217,7 +198,11 @@ class Trainer:
         return done
 
     def evaluate(self, eval_dataset, title="evaluation"):
-        """Loss, top-1 and top-5 accuracy over one pass of a distributed dataset."""
+        """Loss, top-1 and top-5 accuracy over one pass of a distributed dataset.
+
+        Raises:
+            InputError: the dataset yielded no batch.
+        """
         for metric in self.eval_metrics:
             metric.reset_state()
         progress = Progress(title, None, self.options.verbose, self.options.log_every)
@@ -234,6 +219,11 @@ class Trainer:
                 if done < int(chunk):
                     break
                 progress.update(batches, metric_results(self.eval_metrics))
+                self._stop_if_requested(save=False)
+        if not batches:
+            if self._run is None:
+                raise InputError("the validation data yielded no batch.", argument="eval_input")
+            raise self._run.data_ran_out("eval")
         progress.update(batches, metric_results(self.eval_metrics), finished=True)
         return metric_results(self.eval_metrics)
 
@@ -245,8 +235,9 @@ class Trainer:
         Writes into `options.run_dir` (on the chief; other workers of a
         multi-worker run write the same files into
         `run_dir/workers/<task>_<index>/`) the files that `run_config`
-        describes, each atomically. A run folder with a backup is resumed,
-        after checking that `config` matches its config.json.
+        describes, each atomically, holding the folder's lock. A run folder
+        with a backup is resumed, after checking that `config` matches its
+        config.json; one whose recipe is done is left as it is.
 
         Args:
             train_input: `dataset_fn(input_context)` of endless training
@@ -263,68 +254,96 @@ class Trainer:
                 `model.stop_training = True` ends training after the epoch.
 
         Returns:
-            The dict written to metrics.json.
+            The dict written to metrics.json (the stored one, for a run
+            already complete).
 
         Raises:
+            InputError: the run folder is not one (or is in use, or damaged),
+                or the data yields no batch.
             ResumeMismatchError: the run folder holds a run with other settings.
             NonFiniteLossError: the loss or weights became NaN or infinite.
+            RunWriteError: a file could not be written; the previous ones are intact.
+            stopping.TrainingStopped: SIGINT or SIGTERM, after a backup.
         """
         folder = run_config.RunFolder(worker_output_dir(self.strategy, self.options.run_dir))
         chief_folder = run_config.RunFolder(self.options.run_dir)
-        resuming = run_config.prepare_run_folder(folder, chief_folder, config,
-                                                  self.options.allow_changes)
-        checkpoint = tf.train.Checkpoint(
+        with ownership.claim(folder.path, run_config.KIND, force=self.options.force_run_dir,
+                             chief_path=chief_folder.path) as claim:
+            try:
+                return self._fit(claim, folder, chief_folder, train_input, eval_input,
+                                 config, callbacks)
+            except RunWriteError as error:
+                if self._run is None:
+                    raise
+                raise RunWriteError(self._run.write_error_message(error)) from None
+
+    def _fit(self, claim, folder, chief_folder, train_input, eval_input, config, callbacks):
+        self._run = None
+        latest = run_config.resumable_backup(chief_folder, config, self.options.allow_changes)
+        backup = Backup(folder, dict(
             model=self.model, optimizer=self.optimizer, steps_done=self.steps_done,
+            seconds=self.seconds,
             **{f"best_{name}": variable for name, variable in self.best.items()},
-        )
-        backups = tf.train.CheckpointManager(checkpoint, folder.backup, max_to_keep=1)
-        log = RunLog(folder, self.position, self.options.verbose, model=self.model)
-        if resuming:
+        ))
+        if latest:
             # Every worker resumes from the chief's backup.
-            self._restore(checkpoint, tf.train.latest_checkpoint(chief_folder.backup))
-        log.record("start", resumed=resuming, steps_per_epoch=self.steps_per_epoch,
-                   epochs=self.recipe.epochs)
-        if resuming and self.options.verbose:
+            backup.restore(latest, self.options.run_dir)
+        # Arguments, data and backup are checked: clear what killed writers
+        # left, then write.
+        claim.remove_temporaries()
+        run_config.write_config(folder.path, config)
+        self._started, self._seconds_before = time.time(), float(self.seconds.numpy())
+        with writing(folder.log):
+            log = RunLog(folder, self.position, self.options.verbose, model=self.model)
+        skipped = {"train": getattr(train_input, "skipped", None),
+                   "eval": getattr(eval_input, "skipped", None)}
+        self._run = RunState(folder, backup, log, skipped,
+                             keras.callbacks.CallbackList(list(callbacks), model=self.model),
+                             self.steps_per_epoch, self.position, self.options.verbose)
+        complete = int(self.steps_done.numpy()) >= self.recipe.epochs * self.steps_per_epoch
+        stored = read_metrics(folder.metrics) if complete else None
+        log.record("start", resumed=bool(latest), complete=stored is not None,
+                   steps_per_epoch=self.steps_per_epoch, epochs=self.recipe.epochs)
+        if stored is not None:
+            if self.options.verbose:
+                self._run.report_complete(self.options.run_dir, self.recipe.epochs, stored)
+            return stored
+        if latest and self.options.verbose and not complete:
             position = self.position()
             print(f"Resuming {self.options.run_dir} at epoch {position['epoch'] + 1}, step "
                   f"{position['step']} ({position['steps_done']} steps done).", flush=True)
-        skipped = {"train": getattr(train_input, "skipped", None),
-                   "eval": getattr(eval_input, "skipped", None)}
-        self._run = _Run(folder, backups, log, skipped,
-                         keras.callbacks.CallbackList(list(callbacks), model=self.model))
-        started = time.time()
         train_dataset = self.strategy.distribute_datasets_from_function(train_input)
         eval_dataset = self.strategy.distribute_datasets_from_function(eval_input)
         self.model.stop_training = False
         self._run.callbacks.on_train_begin()
-        eval_logs = self._train_epochs(iter(train_dataset), eval_dataset)
+        with StopSignals(where=self._run.stop_position) as signals:
+            self._run.signals = signals
+            eval_logs = self._train_epochs(iter(train_dataset), eval_dataset)
         metrics = {
             "model": config.model,
             "epochs": self.recipe.epochs,
             "steps_done": int(self.steps_done.numpy()),
+            "monitor": self.MONITOR,
             "final": eval_logs,
-            "best": {("epoch" if name == "epoch" else f"val_{name}"): variable.numpy().item()
+            # Epochs counted from 1, as the console counts them.
+            "best": {("epoch" if name == "epoch" else f"val_{name}"):
+                     variable.numpy().item() + (name == "epoch")
                      for name, variable in self.best.items()},
             "skipped_images": {split: report.summary() for split, report in skipped.items()
                                if report is not None},
-            "seconds": round(time.time() - started, 1),
+            "seconds": round(self._elapsed(), 1),
         }
         self._run.callbacks.on_train_end(eval_logs)
-        files.write_json(folder.metrics, metrics)
+        with writing(folder.metrics):
+            files.write_json(folder.metrics, metrics)
         if self.options.verbose:
             print(f"Metrics written to {folder.metrics}", flush=True)
         return metrics
 
-    def _restore(self, checkpoint, path):
-        try:
-            # expect_partial only silences warnings on exit; the assertion checks.
-            checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
-        except (AssertionError, ValueError):
-            raise InputError(
-                f"{self.options.run_dir} holds the backup of another model "
-                "(its variables do not match this one's); use a new run folder.",
-                argument="run_dir",
-            ) from None
+    def _elapsed(self):
+        """Seconds of the run: those of earlier processes (up to their last
+        backup) and this one's."""
+        return self._seconds_before + time.time() - self._started
 
     def _train_epochs(self, iterator, eval_dataset):
         run = self._run
@@ -336,21 +355,24 @@ class Trainer:
             run.callbacks.on_epoch_begin(epoch)
             train_logs = self._train_epoch(epoch, first_step, iterator)
             eval_logs = self.evaluate(eval_dataset)
-            self._report_skipped()
+            self._run.report_skipped()
             self._check_finite(eval_logs["loss"], "validation loss")
             if eval_logs[self.MONITOR] > self.best[self.MONITOR].numpy():
                 self.best["epoch"].assign(epoch)
                 for name, value in eval_logs.items():
                     self.best[name].assign(value)
                 self._save_best(run.folder.best_model)
-            run.log.epoch(epoch, self.steps_per_epoch - first_step, train_logs, eval_logs,
-                          time.time() - epoch_started, int(self.steps_done.numpy()),
-                          self.learning_rate)
+            with writing(run.folder.log):
+                run.log.epoch(epoch, self.steps_per_epoch - first_step, train_logs, eval_logs,
+                              time.time() - epoch_started, int(self.steps_done.numpy()),
+                              self.learning_rate)
             self._save_backup()
             run.callbacks.on_epoch_end(
                 epoch, {**train_logs, **{f"val_{k}": v for k, v in eval_logs.items()}})
             if self.model.stop_training:
                 break
+            if epoch + 1 < self.recipe.epochs:
+                self._stop_if_requested(save=False)  # just saved
         if eval_logs is None:  # restarted after the last epoch
             eval_logs = self.evaluate(eval_dataset)
         return eval_logs
@@ -374,41 +396,46 @@ class Trainer:
                 backup_every - steps_done % backup_every,
             )
             run.callbacks.on_train_batch_begin(step)
-            self.train_steps(iterator, tf.constant(num_steps))
+            try:
+                self.train_steps(iterator, tf.constant(num_steps))
+            except tf.errors.OutOfRangeError:
+                raise self._run.data_ran_out("train") from None
             step += num_steps
             self.steps_done.assign_add(num_steps)
             steps_done += num_steps
             logs = metric_results(self.train_metrics)
             self._check_finite(logs["loss"], "training loss")
             progress.update(step, logs, finished=step == self.steps_per_epoch)
-            self._report_skipped()
+            self._run.report_skipped()
             run.callbacks.on_train_batch_end(step - 1, logs)
             # The end of an epoch saves after its evaluation.
-            if steps_done % backup_every == 0 and step < self.steps_per_epoch:
+            saved = steps_done % backup_every == 0 and step < self.steps_per_epoch
+            if saved:
                 self._save_backup()
-                run.log.record("backup")
+                with writing(run.folder.log):
+                    run.log.record("backup")
+            if step < self.steps_per_epoch:
+                self._stop_if_requested(save=not saved)
         return logs
 
-    def _report_skipped(self):
-        for split, report in self._run.skipped.items():
-            for name in report.new_names() if report is not None else ():
-                self._run.log.record("skipped_image", split=split, file=name)
-                if self.options.verbose:
-                    print(f"Skipped an undecodable {split} image: {name}", flush=True)
+    def _stop_if_requested(self, save):
+        """Stops (`TrainingStopped`) if SIGINT or SIGTERM came; saves a
+        backup first where `save` (not on multi-worker runs, whose saves
+        every worker must join)."""
+        run = self._run
+        signals = getattr(run, "signals", None)
+        if signals is None or signals.requested is None:
+            return
+        if save and not is_multi_worker(self.strategy):
+            self._save_backup()
+        where = run.stop_position()
+        with writing(run.folder.log):
+            run.log.record("stopped", reason=f"signal {signals.requested}")
+        raise TrainingStopped(signals.requested, **where)
 
     def _check_finite(self, value, what):
-        if math.isfinite(value):
-            return
-        position = self.position()
-        latest = tf.train.latest_checkpoint(self._run.folder.backup)
-        kept = (f"the last good backup ({_saved_steps(latest)} steps) is kept in "
-                f"{self._run.folder.backup}" if latest else "no backup had been saved")
-        self._run.log.record("stopped", reason=f"{what} {value}")
-        raise NonFiniteLossError(
-            f"the {what} became {value} at epoch {position['epoch'] + 1}, step "
-            f"{position['step']} (learning rate {position['learning_rate']:.4g}): training "
-            f"stopped and saved nothing; {kept}. Lower the learning rate or check the data."
-        )
+        if not math.isfinite(value):
+            raise self._run.non_finite(value, what)
 
     def _check_finite_weights(self):
         weights = self.model.weights
@@ -420,7 +447,8 @@ class Trainer:
 
     def _save_backup(self):
         self._check_finite_weights()
-        self._run.backups.save(checkpoint_number=self.steps_done)
+        self.seconds.assign(self._elapsed())
+        self._run.backup.save(self.steps_done)
 
     def _save_best(self, path):
         """Saves the model to `path` atomically, in float32 whatever the precision."""
@@ -432,24 +460,9 @@ class Trainer:
                     self._float32_model = self.build_model()
             model = self._float32_model
             model.set_weights(self.model.get_weights())
-        files.save_model(model, path)
-
-
-@dataclasses.dataclass
-class _Run:
-    """The files and reporters of the run in progress."""
-
-    folder: run_config.RunFolder
-    backups: tf.train.CheckpointManager
-    log: RunLog
-    skipped: dict
-    callbacks: keras.callbacks.CallbackList
+        with writing(path):
+            files.save_model(model, path)
 
 
 def _float32(outputs):
     return keras.tree.map_structure(lambda output: tf.cast(output, tf.float32), outputs)
-
-
-def _saved_steps(path):
-    return int(tf.train.load_checkpoint(path).get_tensor(
-        "steps_done/.ATTRIBUTES/VARIABLE_VALUE"))
