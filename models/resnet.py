@@ -19,8 +19,15 @@ from psconv_tf.ps_conv2d import PSConv2D
 
 CONV_TYPES = ("standard", "psconv", "dynamic")
 BATCH_NORM = dict(momentum=0.9, epsilon=1e-5)  # PyTorch's defaults
-# torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu").
-CONV_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+
+
+def conv_init():
+    """torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu").
+
+    A new initializer per layer: an unseeded Keras initializer fixes its
+    seed when constructed, so one shared instance would give every conv of
+    the same shape the same kernel."""
+    return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,13 +257,13 @@ def _stem(x, stem, filters):
     if stem == "cifar":
         x = keras.layers.Conv2D(
             filters, 3, padding="same", use_bias=False,
-            kernel_initializer=CONV_INIT, name="conv1",
+            kernel_initializer=conv_init(), name="conv1",
         )(x)
     else:
         x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(x)
         x = keras.layers.Conv2D(
             filters, 7, strides=2, use_bias=False,
-            kernel_initializer=CONV_INIT, name="conv1",
+            kernel_initializer=conv_init(), name="conv1",
         )(x)
     x = keras.layers.BatchNormalization(name="bn1", **BATCH_NORM)(x)
     x = keras.layers.ReLU(name="relu")(x)
@@ -277,7 +284,7 @@ def _conv3x3(filters, stride, groups, name):
         conv = NativeConv2D if groups > 1 else keras.layers.Conv2D
         return conv(
             filters, 3, strides=stride, padding="same" if stride == 1 else "valid",
-            groups=groups, use_bias=False, kernel_initializer=CONV_INIT, name=name,
+            groups=groups, use_bias=False, kernel_initializer=conv_init(), name=name,
         )(x)
 
     return apply
@@ -287,7 +294,7 @@ def _psconv3x3(layer_class, psconv):
     def make(filters, stride, groups, name):
         return layer_class(
             filters, 3, strides=stride, padding="symmetric", groups=groups,
-            use_bias=False, kernel_initializer=CONV_INIT, name=name, **psconv,
+            use_bias=False, kernel_initializer=conv_init(), name=name, **psconv,
         )
 
     return make
@@ -296,7 +303,7 @@ def _psconv3x3(layer_class, psconv):
 def _conv1x1(x, filters, name, stride=1):
     return keras.layers.Conv2D(
         filters, 1, strides=stride, use_bias=False,
-        kernel_initializer=CONV_INIT, name=name,
+        kernel_initializer=conv_init(), name=name,
     )(x)
 
 

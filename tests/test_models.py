@@ -209,3 +209,18 @@ def test_bad_arguments(kwargs, message):
 def test_builders_validate_conv_type():
     with pytest.raises(ValueError, match="conv"):
         models.resnet50(conv="dilated")
+
+
+def test_every_conv_starts_from_its_own_kernel():
+    # An unseeded initializer shared by all layers fixes one seed: every conv
+    # of a shape, in every model, would start from the same kernel.
+    model = models.get("ps_resnet18", input_shape=(32, 32, 3))
+    twin = models.get("ps_resnet18", input_shape=(32, 32, 3))
+    names = ("layer1_0_conv1", "layer1_0_conv2", "layer1_1_conv1")  # all 64 -> 64, 3x3
+    kernels = [model.get_layer(name).kernel.numpy() for name in names]
+    kernels.append(twin.get_layer(names[0]).kernel.numpy())
+    for i in range(len(kernels)):
+        for j in range(i):
+            assert not np.array_equal(kernels[i], kernels[j]), (i, j)
+    # Still He-normal with fan_out: std sqrt(2 / (9 * 64)).
+    assert np.std(kernels[0]) == pytest.approx((2 / (9 * 64)) ** 0.5, rel=0.05)
