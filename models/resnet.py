@@ -10,6 +10,7 @@ middle of a bottleneck block is a `PSConv2D`, as in the paper; the stem, the
 """
 
 import dataclasses
+import os
 
 import keras
 
@@ -61,6 +62,7 @@ def ResNet(
     dynamic_options=None,
     include_top=True,
     num_classes=1000,
+    classifier_activation=None,
     input_shape=None,
     pooling=None,
     feature_maps=False,
@@ -91,15 +93,25 @@ def ResNet(
             factor_shapes, surrogate, ...) for `conv="dynamic"`.
         include_top: whether to end with global pooling and a classifier.
         num_classes: classifier outputs.
+        classifier_activation: the classifier's activation, as in
+            `keras.applications`: None (the default here: logits, which the
+            training recipes and `from_logits=True` losses expect), "softmax"
+            (`keras.applications`' default) or any Keras activation.
+            Ignored without the top, as there.
         input_shape: input shape without batch; (224, 224, 3) or (32, 32, 3)
             by stem when None; spatial dimensions may be None.
         pooling: without the top, `None` (the last feature map), `"avg"` or
             `"max"` (global pooling).
         feature_maps: without the top, return a dict of the stage outputs
-            named by stride, "Ck" at stride 2**k: {"C2": stride 4, ...,
-            "C5": stride 32} for the ImageNet stem ({"C0", "C1", "C2"} for
-            the CIFAR stem), for detection necks such as FPN.
-        weights: `None` or the path of a weights file (`.weights.h5`).
+            named by stride as keras-hub's `pyramid_outputs` are, "Pk" at
+            stride 2**k: {"P2": stride 4, ..., "P5": stride 32} for the
+            ImageNet stem ({"P0", "P1", "P2"} for the CIFAR stem), for
+            detection necks such as FPN. (They were named "C2", ...; `.keras`
+            files saved so keep those names.)
+        weights: `None` or the path of a Keras weights file
+            (`.weights.h5`, `.keras`). No pretrained weights are hosted:
+            `"imagenet"` is refused with a pointer to `load_torch`, which
+            reads the authors' PyTorch checkpoints.
         frozen_stages: -1 (nothing frozen), 0 (the stem) or k >= 1 (the stem
             and stages 1..k) made not trainable, their BatchNorm layers
             included (which then normalize with their moving statistics), as
@@ -144,6 +156,17 @@ def ResNet(
             "Argument `num_classes` must be a positive integer. "
             f"Received: num_classes={num_classes!r}"
         )
+    if include_top and classifier_activation is not None:
+        try:
+            keras.activations.get(classifier_activation)
+        except (ValueError, TypeError):
+            raise ValueError(
+                "Argument `classifier_activation` must be None (logits), 'softmax' "
+                "or another Keras activation. Received: "
+                f"classifier_activation={classifier_activation!r}"
+            ) from None
+    if weights is not None:
+        _check_weights(weights)
     if (
         not isinstance(frozen_stages, int)
         or isinstance(frozen_stages, bool)
@@ -188,11 +211,11 @@ def ResNet(
                     make_conv3x3, prefix,
                 )
         stride *= stage.stride
-        features[f"C{stride.bit_length() - 1}"] = x  # C_k has stride 2**k
+        features[f"P{stride.bit_length() - 1}"] = x  # P_k has stride 2**k
 
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
-        outputs = keras.layers.Dense(num_classes, name="fc")(x)
+        outputs = keras.layers.Dense(num_classes, activation=classifier_activation, name="fc")(x)
     elif feature_maps:
         outputs = features
     elif pooling == "avg":
@@ -206,8 +229,45 @@ def ResNet(
         model = _rebuilt(model, dtype, norm_eval)
     _freeze(model, frozen_stages)
     if weights is not None:
-        model.load_weights(weights)
+        try:
+            model.load_weights(weights)
+        except ValueError as error:  # Keras's message spans many lines
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            raise ValueError(
+                f"Argument `weights`: {os.fspath(weights)!r} does not fit {name}: "
+                + " ".join(lines[:2])
+            ) from None
     return model
+
+
+WEIGHTS_SUFFIXES = (".weights.h5", ".keras", ".weights.json")  # what load_weights reads
+TORCH_SUFFIXES = (".pth", ".pt")
+
+
+def _check_weights(weights):
+    """Refuses, in one line, a `weights` argument that names no Keras
+    weights file."""
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            "Argument `weights` must be None or the path of a Keras weights file "
+            f"({', '.join(WEIGHTS_SUFFIXES)}). Received: weights={weights!r}"
+        )
+    path = os.fspath(weights)
+    if path.endswith(TORCH_SUFFIXES):
+        raise ValueError(
+            f"Argument `weights`: {path!r} is a PyTorch checkpoint; load it with "
+            "psconv_tf.load_torch(model, path) after building the model."
+        )
+    if not path.endswith(WEIGHTS_SUFFIXES):
+        raise ValueError(
+            f"Argument `weights`: {path!r} is not a Keras weights file "
+            f"({', '.join(WEIGHTS_SUFFIXES)}). No pretrained weights are hosted for "
+            "the zoo: build it with weights=None and load the authors' ImageNet "
+            "checkpoints (d-li14/PSConv: PS-ResNet-50/101, PS-ResNeXt-101 32x4d) or "
+            "torchvision's with psconv_tf.load_torch(model, 'ps_resnet50.pth')."
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Argument `weights`: no weights file at {path!r}.")
 
 
 @keras.saving.register_keras_serializable(package="psconv_tf")
