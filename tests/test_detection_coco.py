@@ -271,3 +271,12 @@ def test_an_image_of_another_shape_than_declared_is_skipped_and_named(tmp_path, 
                                           training=False))
     assert [np.asarray(target["image_id"]).tolist() for _, target in batches] == [[2]]
     assert "a.jpg" in capfd.readouterr().err
+
+
+def test_a_set_whose_images_all_fail_to_decode_is_one_line(tmp_path):
+    # Training would otherwise end at once with a bare StopIteration.
+    path = _write(tmp_path, _document())
+    (tmp_path / "a.jpg").write_bytes(b"not an image")
+    data = read_coco(path, tmp_path)
+    with pytest.raises(AnnotationError, match="none of its 1 images with objects could be read"):
+        input_pipeline.coco_examples(data)

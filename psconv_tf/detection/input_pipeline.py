@@ -61,7 +61,8 @@ def coco_examples(data, labels_of=None):
     """A dataset of raw examples {image (uint8), boxes, labels, image_id,
     annotation_scale} of a `CocoData`; crowd boxes are left out of training
     targets. Files that fail to decode, or whose size disagrees with their
-    record (see above), are dropped with a logged warning naming them."""
+    record (see above), are dropped with a logged warning naming them; if
+    no image with objects remains, `coco_data.AnnotationError` says so."""
     if not data.records:
         raise ValueError(f"{data.source}: no images to read")
     labels_of = labels_of or data.label_of()
@@ -94,7 +95,18 @@ def coco_examples(data, labels_of=None):
         return dict(image=image, boxes=box, labels=label, image_id=image_id,
                     annotation_scale=scale)
 
-    return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
+    examples = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    examples = examples.ignore_errors(log_warning=True)
+    # One image with objects must get through, or training would stop at
+    # once with a bare StopIteration: a read of the first such image, or of
+    # all of them when none decodes.
+    if not any(True for _ in examples.filter(lambda e: tf.size(e["labels"]) > 0).take(1)):
+        with_objects = sum(bool((~r.iscrowd).any()) for r in records)
+        raise coco_data.AnnotationError(
+            f"{data.source}: none of its {with_objects} images with objects could be read "
+            "as the image its record declares (the warnings above name each)"
+        )
+    return examples
 
 
 def tfds_examples(split, data_dir=None):
