@@ -190,6 +190,11 @@ def read_keras_config(path):
     """The model config of the `.keras` archive at `path`, checked."""
     if not os.path.exists(path):
         raise ValueError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ValueError(
+            f"{path}: a directory, not a .keras file (a keras-hub preset loads with "
+            "its class's from_preset)"
+        )
     if not os.path.isfile(path):
         raise ValueError(f"{path}: not a regular file (a .keras file is a zip archive)")
     if not zipfile.is_zipfile(path):
