@@ -13,6 +13,7 @@ learned lattices). The builders are also importable by name, with a `conv`
 argument.
 """
 
+import fnmatch
 import functools
 
 from psconv_tf.models.resnet import ResNet
@@ -101,9 +102,31 @@ for _name, _build in _BUILDERS.items():
     _REGISTRY["dps_" + _name] = functools.partial(_build, conv="dynamic")
 
 
-def list_models():
-    """Names accepted by `get`, sorted."""
-    return sorted(_REGISTRY)
+def list_models(filter="", exclude_filters=""):
+    """Names accepted by `get`, sorted.
+
+    Args:
+        filter: as timm's: a shell-style pattern or a list of them, e.g.
+            "ps_*" or ["*resnext*", "se_*"]; a name is listed if it matches
+            any ("" lists every name).
+        exclude_filters: pattern(s) of names to leave out, e.g. "dps_*".
+    """
+    names = sorted(_REGISTRY)
+    include = _patterns(filter, "filter")
+    exclude = _patterns(exclude_filters, "exclude_filters")
+    if include:
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in include)]
+    return [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+
+
+def _patterns(value, argument):
+    patterns = [value] if isinstance(value, str) else value
+    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+        raise ValueError(
+            f"Argument `{argument}` must be a pattern or a list of patterns "
+            f"(strings). Received: {argument}={value!r}"
+        )
+    return [p for p in patterns if p]
 
 
 def architecture(name):
@@ -124,9 +147,9 @@ def get(name, **kwargs):
     Args:
         name: e.g. "resnet50", "ps_resnet50" or "dps_resnet50".
         **kwargs: arguments of `ResNet` (include_top, num_classes,
-            input_shape, pooling, feature_maps, weights, pattern, cyclic,
-            dilation_rate, frozen_stages, norm_eval, dtype, name, ...). The
-            conv type comes from the name.
+            classifier_activation, input_shape, pooling, feature_maps,
+            weights, pattern, cyclic, dilation_rate, frozen_stages,
+            norm_eval, dtype, name, ...). The conv type comes from the name.
     """
     if name not in _REGISTRY:
         raise ValueError(

@@ -10,6 +10,7 @@ middle of a bottleneck block is a `PSConv2D`, as in the paper; the stem, the
 """
 
 import dataclasses
+import os
 
 import keras
 
@@ -19,8 +20,15 @@ from psconv_tf.ps_conv2d import PSConv2D
 
 CONV_TYPES = ("standard", "psconv", "dynamic")
 BATCH_NORM = dict(momentum=0.9, epsilon=1e-5)  # PyTorch's defaults
-# torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu").
-CONV_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+
+
+def conv_init():
+    """torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu").
+
+    A new initializer per layer: an unseeded Keras initializer fixes its
+    seed when constructed, so one shared instance would give every conv of
+    the same shape the same kernel."""
+    return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +62,7 @@ def ResNet(
     dynamic_options=None,
     include_top=True,
     num_classes=1000,
+    classifier_activation=None,
     input_shape=None,
     pooling=None,
     feature_maps=False,
@@ -84,15 +93,25 @@ def ResNet(
             factor_shapes, surrogate, ...) for `conv="dynamic"`.
         include_top: whether to end with global pooling and a classifier.
         num_classes: classifier outputs.
+        classifier_activation: the classifier's activation, as in
+            `keras.applications`: None (the default here: logits, which the
+            training recipes and `from_logits=True` losses expect), "softmax"
+            (`keras.applications`' default) or any Keras activation.
+            Ignored without the top, as there.
         input_shape: input shape without batch; (224, 224, 3) or (32, 32, 3)
             by stem when None; spatial dimensions may be None.
         pooling: without the top, `None` (the last feature map), `"avg"` or
             `"max"` (global pooling).
         feature_maps: without the top, return a dict of the stage outputs
-            named by stride, "Ck" at stride 2**k: {"C2": stride 4, ...,
-            "C5": stride 32} for the ImageNet stem ({"C0", "C1", "C2"} for
-            the CIFAR stem), for detection necks such as FPN.
-        weights: `None` or the path of a weights file (`.weights.h5`).
+            named by stride as keras-hub's `pyramid_outputs` are, "Pk" at
+            stride 2**k: {"P2": stride 4, ..., "P5": stride 32} for the
+            ImageNet stem ({"P0", "P1", "P2"} for the CIFAR stem), for
+            detection necks such as FPN. (They were named "C2", ...; `.keras`
+            files saved so keep those names.)
+        weights: `None` or the path of a Keras weights file
+            (`.weights.h5`, `.keras`). No pretrained weights are hosted:
+            `"imagenet"` is refused with a pointer to `load_torch`, which
+            reads the authors' PyTorch checkpoints.
         frozen_stages: -1 (nothing frozen), 0 (the stem) or k >= 1 (the stem
             and stages 1..k) made not trainable, their BatchNorm layers
             included (which then normalize with their moving statistics), as
@@ -137,6 +156,17 @@ def ResNet(
             "Argument `num_classes` must be a positive integer. "
             f"Received: num_classes={num_classes!r}"
         )
+    if include_top and classifier_activation is not None:
+        try:
+            keras.activations.get(classifier_activation)
+        except (ValueError, TypeError):
+            raise ValueError(
+                "Argument `classifier_activation` must be None (logits), 'softmax' "
+                "or another Keras activation. Received: "
+                f"classifier_activation={classifier_activation!r}"
+            ) from None
+    if weights is not None:
+        _check_weights(weights)
     if (
         not isinstance(frozen_stages, int)
         or isinstance(frozen_stages, bool)
@@ -181,11 +211,11 @@ def ResNet(
                     make_conv3x3, prefix,
                 )
         stride *= stage.stride
-        features[f"C{stride.bit_length() - 1}"] = x  # C_k has stride 2**k
+        features[f"P{stride.bit_length() - 1}"] = x  # P_k has stride 2**k
 
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
-        outputs = keras.layers.Dense(num_classes, name="fc")(x)
+        outputs = keras.layers.Dense(num_classes, activation=classifier_activation, name="fc")(x)
     elif feature_maps:
         outputs = features
     elif pooling == "avg":
@@ -199,8 +229,45 @@ def ResNet(
         model = _rebuilt(model, dtype, norm_eval)
     _freeze(model, frozen_stages)
     if weights is not None:
-        model.load_weights(weights)
+        try:
+            model.load_weights(weights)
+        except ValueError as error:  # Keras's message spans many lines
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            raise ValueError(
+                f"Argument `weights`: {os.fspath(weights)!r} does not fit {name}: "
+                + " ".join(lines[:2])
+            ) from None
     return model
+
+
+WEIGHTS_SUFFIXES = (".weights.h5", ".keras", ".weights.json")  # what load_weights reads
+TORCH_SUFFIXES = (".pth", ".pt")
+
+
+def _check_weights(weights):
+    """Refuses, in one line, a `weights` argument that names no Keras
+    weights file."""
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            "Argument `weights` must be None or the path of a Keras weights file "
+            f"({', '.join(WEIGHTS_SUFFIXES)}). Received: weights={weights!r}"
+        )
+    path = os.fspath(weights)
+    if path.endswith(TORCH_SUFFIXES):
+        raise ValueError(
+            f"Argument `weights`: {path!r} is a PyTorch checkpoint; load it with "
+            "psconv_tf.load_torch(model, path) after building the model."
+        )
+    if not path.endswith(WEIGHTS_SUFFIXES):
+        raise ValueError(
+            f"Argument `weights`: {path!r} is not a Keras weights file "
+            f"({', '.join(WEIGHTS_SUFFIXES)}). No pretrained weights are hosted for "
+            "the zoo: build it with weights=None and load the authors' ImageNet "
+            "checkpoints (d-li14/PSConv: PS-ResNet-50/101, PS-ResNeXt-101 32x4d) or "
+            "torchvision's with psconv_tf.load_torch(model, 'ps_resnet50.pth')."
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Argument `weights`: no weights file at {path!r}.")
 
 
 @keras.saving.register_keras_serializable(package="psconv_tf")
@@ -250,13 +317,13 @@ def _stem(x, stem, filters):
     if stem == "cifar":
         x = keras.layers.Conv2D(
             filters, 3, padding="same", use_bias=False,
-            kernel_initializer=CONV_INIT, name="conv1",
+            kernel_initializer=conv_init(), name="conv1",
         )(x)
     else:
         x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(x)
         x = keras.layers.Conv2D(
             filters, 7, strides=2, use_bias=False,
-            kernel_initializer=CONV_INIT, name="conv1",
+            kernel_initializer=conv_init(), name="conv1",
         )(x)
     x = keras.layers.BatchNormalization(name="bn1", **BATCH_NORM)(x)
     x = keras.layers.ReLU(name="relu")(x)
@@ -277,7 +344,7 @@ def _conv3x3(filters, stride, groups, name):
         conv = NativeConv2D if groups > 1 else keras.layers.Conv2D
         return conv(
             filters, 3, strides=stride, padding="same" if stride == 1 else "valid",
-            groups=groups, use_bias=False, kernel_initializer=CONV_INIT, name=name,
+            groups=groups, use_bias=False, kernel_initializer=conv_init(), name=name,
         )(x)
 
     return apply
@@ -287,7 +354,7 @@ def _psconv3x3(layer_class, psconv):
     def make(filters, stride, groups, name):
         return layer_class(
             filters, 3, strides=stride, padding="symmetric", groups=groups,
-            use_bias=False, kernel_initializer=CONV_INIT, name=name, **psconv,
+            use_bias=False, kernel_initializer=conv_init(), name=name, **psconv,
         )
 
     return make
@@ -296,7 +363,7 @@ def _psconv3x3(layer_class, psconv):
 def _conv1x1(x, filters, name, stride=1):
     return keras.layers.Conv2D(
         filters, 1, strides=stride, use_bias=False,
-        kernel_initializer=CONV_INIT, name=name,
+        kernel_initializer=conv_init(), name=name,
     )(x)
 
 

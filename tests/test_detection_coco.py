@@ -3,6 +3,8 @@ the generated data set and the input pipeline."""
 
 import json
 import math
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -98,14 +100,38 @@ def test_reads_a_coco_file(tmp_path):
     (json.dumps(_document(annotations=None)), "no 'annotations' list"),
     (json.dumps(_document(categories=[])), "no categories"),
     (json.dumps(_document(categories=[dict(id=1), dict(id=1)])), r"categories\[1\]: duplicate id 1"),
-])
+    ("[" * 100_000 + "]" * 100_000, r"nested too deeply"),
+    ('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}", r"nested too deeply"),
+    (json.dumps(_document(categories=[dict(id=2**70)])), r"categories\[0\]: 'id' 1180591620717411303424 is not"),
+    (json.dumps(_document(annotations=[])), "no usable object"),
+    (json.dumps(_document(annotations=[dict(id=1, image_id=1, category_id=3, bbox=[4, 4, 20, 10],
+                                            iscrowd=1)])), "no usable object"),
+    (json.dumps(_document(images=[])), r"no usable image \(0 listed\)"),
+    (json.dumps(_document(images=[dict(id=1, file_name="gone.jpg", height=48, width=64),
+                                  dict(id=2, file_name="lost.jpg", height=48, width=64)])),
+     r"no usable image \(2 listed\); the first skipped: images\[0\]: image file .*gone.jpg not found"),
+    ("fifo", "not a regular file"),
+], ids=["missing", "not-json", "list", "no-annotations-key", "no-categories", "duplicate-category",
+        "deep-list", "deep-object", "category-id-2**70", "no-annotations", "crowd-only", "no-images",
+        "all-files-missing", "fifo"])
 def test_unusable_files_get_one_line_errors(tmp_path, content, message):
+    Image.new("RGB", (64, 48)).save(tmp_path / "a.jpg")
     path = tmp_path / "ann.json"
-    if content is not None:
+    if content == "fifo":
+        os.mkfifo(path)  # opened, it would block until a writer comes
+        threading.Timer(5, _unblock, [path]).start()  # fail, not hang, if it is opened
+    elif content is not None:
         path.write_text(content)
     with pytest.raises(AnnotationError, match=message) as error:
         read_coco(path, tmp_path)
     assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def _unblock(fifo):
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:  # nobody reads it
+        pass
 
 
 def test_bad_records_are_skipped_and_named(tmp_path):
@@ -117,9 +143,19 @@ def test_bad_records_are_skipped_and_named(tmp_path):
         dict(id=5, image_id=1, category_id=3, bbox="4 4 5 5"),
         dict(id=6, image_id=1, category_id=3, bbox=[60, 40, 30, 30]),
     ]
+    annotations += [
+        dict(id=7, image_id=[1], category_id=3, bbox=[4, 4, 5, 5]),  # unhashable
+        dict(id=8, image_id=1, category_id={"3": 3}, bbox=[4, 4, 5, 5]),
+        dict(id=9, image_id=2**70, category_id=3, bbox=[4, 4, 5, 5]),
+        dict(id=10, image_id=1, category_id=3, bbox=[0.5] * 100_000),
+    ]
     images = [dict(id=1, file_name="a.jpg", height=48, width=64),
               dict(id=2, file_name="gone.jpg", height=48, width=64),
-              dict(id=3, file_name="../etc/passwd", height=48, width=64)]
+              dict(id=3, file_name="../etc/passwd", height=48, width=64),
+              dict(id=2**70, file_name="a.jpg", height=48, width=64),
+              dict(id=5, file_name="a.jpg", height=2**40, width=64),
+              dict(id=6, file_name="folder", height=48, width=64)]
+    (tmp_path / "folder").mkdir()
     path = _write(tmp_path, _document(images=images, annotations=annotations))
     data = read_coco(path, tmp_path)
     assert len(data.records) == 1 and len(data.records[0].boxes) == 1
@@ -127,8 +163,15 @@ def test_bad_records_are_skipped_and_named(tmp_path):
     for fragment in ("annotations[1]: bbox [4, 4, -5, 10] has no area",
                      "annotations[2]: image_id 9", "annotations[3]: category_id 7",
                      "annotations[4]: bbox '4 4 5 5'", "annotations[5]: bbox [60, 40, 30, 30] lies outside",
-                     "images[1]: image file", "images[2]: bad file_name '../etc/passwd'"):
+                     "images[1]: image file", "images[2]: bad file_name '../etc/passwd'",
+                     "images[3]: 'id' 1180591620717411303424 is not an integer",
+                     "images[4]: height 1099511627776 is not an integer from 1 to",
+                     "images[5]: image file", "folder is not a regular file",
+                     "annotations[6]: image_id [1] is not", "annotations[7]: category_id {'3': 3}",
+                     "annotations[8]: image_id 1180591620717411303424",
+                     "annotations[9]: bbox [0.5, 0.5"):
         assert fragment in reasons, fragment
+    assert max(len(line) for line in data.skipped) < 300
     assert all(str(path) in line for line in data.skipped)
 
 
@@ -187,3 +230,53 @@ def test_training_batches_leave_out_images_without_objects(tmp_path):
     assert images.shape == (2, 64, 64, 3)
     (_, target), = input_pipeline.batched(examples, config, 1, training=True).take(1)
     assert np.asarray(target["image_id"]).tolist() == [1]
+
+
+def _sized_document(declared, boxes):
+    height, width = declared
+    return _document(
+        images=[dict(id=1, file_name="a.jpg", height=height, width=width)],
+        annotations=[dict(id=k + 1, image_id=1, category_id=3, bbox=box)
+                     for k, box in enumerate(boxes)],
+    )
+
+
+def test_a_resized_copy_of_the_image_gets_its_boxes_scaled(tmp_path):
+    # The record declares 96x128 (h x w) and a box [8, 16, 40, 20] (x, y, w, h);
+    # the file holds the image at half size, 48x64. The recipe resizes 48x64 to
+    # 60x80 (min_size 60: factor 1.25), so the box lands at
+    # [8, 16, 48, 36] * 0.5 * 1.25 = [5, 10, 30, 22.5], and scale = 0.625.
+    document = _sized_document((96, 128), [[8, 16, 40, 20]])
+    data = read_coco(_write(tmp_path, document), tmp_path)  # writes a 64x48 image
+    config = input_pipeline.InputConfig(min_size=60, max_size=200, size_divisor=8)
+    (_, target), = input_pipeline.batched(
+        input_pipeline.coco_examples(data), config, 1, training=False)
+    np.testing.assert_allclose(np.asarray(target["boxes"][0]), [[5, 10, 30, 22.5]], rtol=1e-6)
+    assert float(target["scale"][0]) == pytest.approx(0.625)
+    # Detections map back to the declared pixels that the ground truth holds.
+    np.testing.assert_allclose(np.asarray(target["boxes"][0]) / 0.625, [[8, 16, 48, 36]], rtol=1e-6)
+
+
+def test_an_image_of_another_shape_than_declared_is_skipped_and_named(tmp_path, capfd):
+    # Declared 64x48 (h x w) for a 48x64 file: the sides are swapped.
+    images = [dict(id=1, file_name="a.jpg", height=64, width=48),
+              dict(id=2, file_name="b.jpg", height=48, width=64)]
+    annotations = [dict(id=1, image_id=1, category_id=3, bbox=[4, 4, 20, 10]),
+                   dict(id=2, image_id=2, category_id=3, bbox=[4, 4, 20, 10])]
+    path = _write(tmp_path, _document(images=images, annotations=annotations),
+                  images=("a.jpg", "b.jpg"))
+    data = read_coco(path, tmp_path)
+    config = input_pipeline.InputConfig(min_size=32, max_size=64, size_divisor=32)
+    batches = list(input_pipeline.batched(input_pipeline.coco_examples(data), config, 2,
+                                          training=False))
+    assert [np.asarray(target["image_id"]).tolist() for _, target in batches] == [[2]]
+    assert "a.jpg" in capfd.readouterr().err
+
+
+def test_a_set_whose_images_all_fail_to_decode_is_one_line(tmp_path):
+    # Training would otherwise end at once with a bare StopIteration.
+    path = _write(tmp_path, _document())
+    (tmp_path / "a.jpg").write_bytes(b"not an image")
+    data = read_coco(path, tmp_path)
+    with pytest.raises(AnnotationError, match="none of its 1 images with objects could be read"):
+        input_pipeline.coco_examples(data)

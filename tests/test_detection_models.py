@@ -16,6 +16,7 @@ from psconv_tf import hub
 from psconv_tf.detection import retinanet
 from psconv_tf.detection import segmentation
 from psconv_tf.detection import synthetic
+from torch_layout import state_dict_of
 
 SIZE = 64
 TINY = dict(stackwise_num_blocks=[1, 1, 1, 1], stackwise_num_filters=[8, 8, 16, 16],
@@ -171,3 +172,107 @@ def test_mean_iou_against_counts():
     # class 0: I 0 / U 1; class 1: I 2 / U 4; class 2: I 0 / U 1 -> (0 + 0.5 + 0) / 3.
     iou = segmentation.mean_iou(Constant(), [(np.zeros((1, 2, 2, 3)), masks)], num_classes=3)
     assert iou == pytest.approx(0.5 / 3)
+
+
+def _zoo_and_features(name):
+    from psconv_tf import models
+
+    zoo = models.get(name, input_shape=(SIZE, SIZE, 3), num_classes=3)
+    return zoo, keras.Model(zoo.inputs, zoo.get_layer("layer4_1_out").output)
+
+
+def _backbone(name):
+    return hub.PSResNetBackbone.from_zoo(name, image_shape=(SIZE, SIZE, 3))
+
+
+def _snapshot(model):
+    return [w.numpy() for w in model.weights]
+
+
+def _unchanged(model, snapshot):
+    return all(np.array_equal(w.numpy(), s)
+               for w, s in zip(model.weights, snapshot))
+
+
+def test_backbone_weights_from_a_pth_with_wrapped_keys(tmp_path):
+    import torch
+
+    zoo, features = _zoo_and_features("resnet18")
+    state = {"model." + key: torch.from_numpy(value) for key, value in state_dict_of(zoo).items()}
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "lightning.pth")
+    backbone = _backbone("resnet18")
+    retinanet.load_backbone_weights(backbone, tmp_path / "lightning.pth")
+    np.testing.assert_allclose(backbone(_images()), features(_images()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("keep, message", [
+    (lambda key: key.startswith(("conv1.", "bn1.", "layer1.")), "less than 50 %"),
+    (lambda key: True, "assign none of the model's"),
+], ids=["stem-and-layer1-only", "unknown-names"])
+def test_backbone_weights_refuse_a_pth_that_fills_too_little(tmp_path, keep, message):
+    import torch
+
+    zoo, _ = _zoo_and_features("resnet18")
+    state = {key: torch.from_numpy(value) for key, value in state_dict_of(zoo).items()
+             if keep(key)}
+    if message.startswith("assign none"):
+        state = {"net" + key: value for key, value in state.items()}  # netconv1.weight, ...
+    torch.save(state, tmp_path / "partial.pth")
+    backbone = _backbone("resnet18")
+    before = _snapshot(backbone)
+    with pytest.raises(ValueError, match=message):
+        retinanet.load_backbone_weights(backbone, tmp_path / "partial.pth")
+    assert _unchanged(backbone, before)
+
+
+def test_backbone_weights_refuse_another_conv_type(tmp_path):
+    import torch
+
+    zoo, _ = _zoo_and_features("resnet18")
+    zoo.save(tmp_path / "standard.keras")
+    torch.save({k: torch.from_numpy(v) for k, v in state_dict_of(zoo).items()},
+               tmp_path / "standard.pth")
+    backbone = _backbone("ps_resnet18")
+    before = _snapshot(backbone)
+    with pytest.raises(ValueError, match="layer1_0_conv1' is a Conv2D there and a PSConv2D"):
+        retinanet.load_backbone_weights(backbone, tmp_path / "standard.keras")
+    with pytest.raises(ValueError, match=r"Conv types differ in: layer1_0_conv1 \(checkpoint: "
+                                         r"standard conv, model: PSConv2D\)"):
+        retinanet.load_backbone_weights(backbone, tmp_path / "standard.pth")
+    assert _unchanged(backbone, before)
+
+
+def test_backbone_weights_refuse_other_rates_and_extra_layers(tmp_path):
+    from psconv_tf import models
+
+    other = models.get("ps_resnet18", input_shape=(SIZE, SIZE, 3), num_classes=3,
+                       pattern=(1, 3))
+    other.save(tmp_path / "other_rates.keras")
+    backbone = _backbone("ps_resnet18")
+    with pytest.raises(ValueError, match="layer1_0_conv1' has other rates there"):
+        retinanet.load_backbone_weights(backbone, tmp_path / "other_rates.keras")
+    # A layer added beside a backbone layer, as masked="compat" does.
+    zoo, _ = _zoo_and_features("ps_resnet18")
+    conv = zoo.get_layer("layer1_0_conv1")
+    extra = keras.layers.Conv2D(conv.filters, 3, padding="same", name="layer1_0_conv1_masked")
+    graph = keras.models.clone_model(
+        zoo, clone_function=lambda layer: layer,
+        call_function=lambda layer, *args, **kwargs: (
+            keras.layers.Add()([layer(*args, **kwargs), extra(args[0])])
+            if layer is conv else layer(*args, **kwargs)),
+    )
+    graph.save(tmp_path / "compat.keras")
+    before = _snapshot(backbone)
+    with pytest.raises(ValueError, match="weighted layers that the backbone lacks "
+                                         r"\(layer1_0_conv1_masked\)"):
+        retinanet.load_backbone_weights(backbone, tmp_path / "compat.keras")
+    assert _unchanged(backbone, before)
+
+
+def test_backbone_weights_from_a_run_folder(tmp_path):
+    zoo, features = _zoo_and_features("ps_resnet18")
+    (tmp_path / "run").mkdir()
+    zoo.save(tmp_path / "run" / "best.keras")
+    backbone = _backbone("ps_resnet18")
+    retinanet.load_backbone_weights(backbone, tmp_path / "run")
+    np.testing.assert_array_equal(backbone(_images()), features(_images()))

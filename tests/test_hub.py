@@ -12,8 +12,8 @@ import pytest
 from psconv_tf import PSConv2D
 from psconv_tf import hub
 from psconv_tf import models
-from psconv_tf.weights import KERAS_TO_TORCH_CONV
 from psconv_tf.weights import load_torch
+from torch_layout import state_dict_of
 
 SIZE = 32
 # A tiny PS-ResNet: one bottleneck per stage, narrow (PSConv needs 4 | width).
@@ -121,30 +121,12 @@ def test_convert_backbone_keeps_the_pyramid_and_the_function(tmp_path):
     np.testing.assert_array_equal(loaded(x), converted(x))
 
 
-def _torch_state_dict(model):
-    """A torchvision-layout state dict of a standard zoo model."""
-    state = {}
-    for layer in model.layers:
-        key = layer.name.replace("_", ".")
-        if isinstance(layer, keras.layers.Conv2D):
-            state[key + ".weight"] = np.transpose(layer.kernel.numpy(), KERAS_TO_TORCH_CONV)
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            for name, variable in (("weight", layer.gamma), ("bias", layer.beta),
-                                   ("running_mean", layer.moving_mean),
-                                   ("running_var", layer.moving_variance)):
-                state[f"{key}.{name}"] = variable.numpy()
-        elif isinstance(layer, keras.layers.Dense):
-            state[key + ".weight"] = layer.kernel.numpy().T
-            state[key + ".bias"] = layer.bias.numpy()
-    return state
-
-
 def test_load_torch_into_backbone_then_preset(tmp_path):
     zoo = models.get("resnet18", input_shape=(SIZE, SIZE, 3), num_classes=3)
     _randomize_statistics(zoo)
     features = keras.Model(zoo.inputs, zoo.get_layer("layer4_1_out").output)
     backbone = hub.PSResNetBackbone.from_zoo("resnet18", image_shape=(SIZE, SIZE, 3))
-    load_torch(backbone, _torch_state_dict(zoo), strict=False)  # fc keys ignored
+    load_torch(backbone, state_dict_of(zoo), strict=False)  # fc keys ignored
     backbone.save_to_preset(tmp_path)
     loaded = keras_hub.models.Backbone.from_preset(str(tmp_path))
     x = _images()
@@ -161,3 +143,21 @@ def test_zoo_names_build(name):
 def test_docstring_examples():
     result = doctest.testmod(hub, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_compat_is_refused_for_a_backbone_it_cannot_fill():
+    import torch_official
+
+    official = torch_official.randomize_(
+        torch_official.ResNet((1, 1, 1, 1), num_classes=10), 50, zero_masked=False)
+    backbone = hub.PSResNetBackbone(stackwise_num_blocks=[1, 1, 1, 1], conv="psconv",
+                                    image_shape=(SIZE, SIZE, 3))
+    before = [weight.numpy() for weight in backbone.weights]
+    with pytest.raises(ValueError, match=r"masked='compat' adds a rate-1 conv beside 4 PSConv "
+                                         r"layers .*which a PSResNetBackbone cannot hold.*"
+                                         r"Pass masked='zero'"):
+        load_torch(backbone, official.state_dict(), strict=False, masked="compat")
+    # Nothing was assigned: no backbone half-filled for save_to_preset to write.
+    for weight, value in zip(backbone.weights, before):
+        np.testing.assert_array_equal(weight.numpy(), value)
+    assert load_torch(backbone, official.state_dict(), strict=False, masked="zero") is backbone

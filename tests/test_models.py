@@ -155,9 +155,10 @@ def test_feature_maps_for_detection_necks(name, levels):
     size = 64
     x = np.zeros((1, size, size, 3), "float32")
     features = model(x)
-    assert sorted(features) == [f"C{level}" for level in levels]
+    # keras-hub's names, as PSResNetBackbone.pyramid_outputs has them.
+    assert sorted(features) == [f"P{level}" for level in levels]
     for level in levels:
-        assert features[f"C{level}"].shape[1] == size // 2**level
+        assert features[f"P{level}"].shape[1] == size // 2**level
 
 
 @pytest.mark.parametrize("pooling, rank", [(None, 4), ("avg", 2), ("max", 2)])
@@ -199,6 +200,8 @@ def test_unknown_model_lists_the_valid_names():
         (dict(feature_maps=True), "include_top=False"),
         (dict(num_classes=0), "num_classes"),
         (dict(pattern=(1, 2, 3)), "input channels"),
+        (dict(classifier_activation="softmaxx"), "classifier_activation"),
+        (dict(classifier_activation=3), "classifier_activation"),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -209,3 +212,67 @@ def test_bad_arguments(kwargs, message):
 def test_builders_validate_conv_type():
     with pytest.raises(ValueError, match="conv"):
         models.resnet50(conv="dilated")
+
+
+def test_every_conv_starts_from_its_own_kernel():
+    # An unseeded initializer shared by all layers fixes one seed: every conv
+    # of a shape, in every model, would start from the same kernel.
+    model = models.get("ps_resnet18", input_shape=(32, 32, 3))
+    twin = models.get("ps_resnet18", input_shape=(32, 32, 3))
+    names = ("layer1_0_conv1", "layer1_0_conv2", "layer1_1_conv1")  # all 64 -> 64, 3x3
+    kernels = [model.get_layer(name).kernel.numpy() for name in names]
+    kernels.append(twin.get_layer(names[0]).kernel.numpy())
+    for i in range(len(kernels)):
+        for j in range(i):
+            assert not np.array_equal(kernels[i], kernels[j]), (i, j)
+    # Still He-normal with fan_out: std sqrt(2 / (9 * 64)).
+    assert np.std(kernels[0]) == pytest.approx((2 / (9 * 64)) ** 0.5, rel=0.05)
+
+
+@pytest.mark.parametrize("weights, error, message", [
+    ("imagenet", ValueError, r"No pretrained weights are hosted.*psconv_tf.load_torch"),
+    ("ps_resnet50.pth", ValueError, r"is a PyTorch checkpoint; load it with psconv_tf.load_torch"),
+    ("missing.weights.h5", FileNotFoundError, r"no weights file at 'missing.weights.h5'"),
+    (True, ValueError, r"must be None or the path of a Keras weights file"),
+])
+def test_weights_that_are_not_a_keras_file_are_explained(weights, error, message):
+    with pytest.raises(error, match=message):
+        models.get("ps_cifar_resnet20", weights=weights)
+
+
+def test_weights_of_another_model_are_one_line(tmp_path):
+    path = str(tmp_path / "r.weights.h5")
+    models.get("cifar_resnet20", num_classes=3).save_weights(path)
+    with pytest.raises(ValueError, match=r"r.weights.h5' does not fit ps_cifar_resnet20: .*"
+                                         r"Layer 'layer1_0_conv1' expected 1 variables") as raised:
+        models.get("ps_cifar_resnet20", num_classes=3, weights=path)
+    assert "\n" not in str(raised.value)
+
+
+def test_classifier_activation_as_in_keras_applications():
+    logits = models.get("ps_cifar_resnet20", input_shape=(16, 16, 3), num_classes=5)
+    softmax = models.get("ps_cifar_resnet20", input_shape=(16, 16, 3), num_classes=5,
+                         classifier_activation="softmax")
+    softmax.set_weights(logits.get_weights())
+    x = np.random.default_rng(2).normal(size=(3, 16, 16, 3)).astype("float32")
+    z = ops.convert_to_numpy(logits(x)).astype("float64")
+    expected = np.exp(z - z.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(ops.convert_to_numpy(softmax(x)), expected, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(z.sum(axis=1), 1.0)  # the default stays logits
+    # Without the top it is ignored, as in keras.applications.
+    headless = models.get("ps_cifar_resnet20", include_top=False, classifier_activation="softmax")
+    assert headless.output.shape[-1] == 64
+
+
+def test_list_models_filters_as_timm():
+    assert models.list_models("ps_*") == [n for n in models.list_models() if n.startswith("ps_")]
+    assert models.list_models(["*resnext29*", "se_*"]) == [
+        "dps_resnext29_16x64d", "dps_resnext29_8x64d", "ps_resnext29_16x64d",
+        "ps_resnext29_8x64d", "resnext29_16x64d", "resnext29_8x64d",
+        "se_resnet101", "se_resnet50"]
+    assert models.list_models("*resnet50", exclude_filters=["dps_*", "*se_*"]) == [
+        "ps_resnet50", "resnet50"]
+    assert models.list_models("nothing*") == []
+    with pytest.raises(ValueError, match="`filter`"):
+        models.list_models(3)

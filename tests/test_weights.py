@@ -5,6 +5,8 @@ weights and BatchNorm statistics; the loaded Keras models run in float32.
 Error measure: max|keras - torch| / max|torch|.
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -181,15 +183,16 @@ def test_compat_mode_reproduces_official_grouped_mask(tmp_path):
     model = _keras_net(groups=32, width_per_group=4)
     with pytest.raises(ValueError, match=f"layer4_0_conv2: {unmasked} nonzero"):
         load_torch(model, official.state_dict())
+    before = [keras.ops.convert_to_numpy(w) for w in model.weights]
     compat = load_torch(model, official.state_dict(), masked="compat")
-    assert compat is not model
-    assert compat.get_layer("layer1_0_conv2") is model.get_layer("layer1_0_conv2")
+    assert compat is not model and type(compat) is type(model)
     assert isinstance(compat.get_layer("layer1_0_conv2_masked"), keras.layers.Conv2D)
     images = _images(13)
     expected = _torch_output(official, images)
     assert _relative_error(_keras_output(compat, images), expected) < TOLERANCE
-    # The model passed in holds the pure PSConv part: not the official outputs.
-    assert _relative_error(_keras_output(model, images), expected) > 1e-2
+    # The model passed in is left as it was, not half-filled.
+    for weight, value in zip(model.weights, before):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(weight), value)
 
     path = tmp_path / "compat.keras"
     compat.save(path)
@@ -254,7 +257,10 @@ def test_non_strict_loads_the_matching_layers():
     state_dict["head.weight"] = torch.zeros(3)
     model = _keras_net()
     fc_before = keras.ops.convert_to_numpy(model.get_layer("fc").kernel)
-    load_torch(model, state_dict, strict=False)
+    with pytest.warns(UserWarning, match=r"assigned 85 of the model's 87 weights \(99\.\d % "
+                                         r"of the values\); layers that kept their weights "
+                                         r"\(1\): fc; checkpoint keys unused \(1\): head.weight"):
+        load_torch(model, state_dict, strict=False)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer("fc").kernel),
                                   fc_before)
     np.testing.assert_array_equal(
@@ -353,3 +359,104 @@ def test_damaged_pth_file_is_named(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(ValueError, match=f"damaged.pth.*{message}"):
         load_torch(_keras_net(), str(path))
+
+
+def _weights_of(model):
+    return [weight.numpy() for weight in model.weights]
+
+
+def _same_weights(model, weights):
+    return all(np.array_equal(w.numpy(), v) for w, v in zip(model.weights, weights))
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda key: "model." + key,  # a Lightning module
+    lambda key: "_orig_mod." + key,  # torch.compile
+    lambda key: "module.model." + key,
+    lambda key: "module.backbone." + key,  # a detector trained with DataParallel
+], ids=["model", "orig_mod", "module-model", "module-backbone"])
+@pytest.mark.parametrize("strict", [True, False])
+def test_wrapped_keys_are_unwrapped(wrap, strict):
+    official = _torch_net(seed=40)
+    state_dict = {wrap(key): value for key, value in official.state_dict().items()}
+    if "backbone" in wrap("x"):
+        state_dict = {key: value for key, value in state_dict.items() if ".fc." not in key}
+        state_dict["module.neck.lateral_convs.0.conv.weight"] = torch.zeros(8, 8, 1, 1)
+        model = _keras_net(include_top=False, pooling="avg")
+        reference = load_torch(_keras_net(), official.state_dict())
+    else:
+        model = reference = None
+    model = load_torch(model or _keras_net(), state_dict, strict=strict)
+    if reference is None:
+        images = _images(41)
+        error = _relative_error(_keras_output(model, images), _torch_output(official, images))
+        assert error < TOLERANCE
+    else:
+        for loaded, expected in zip(model.weights, reference.weights):
+            np.testing.assert_array_equal(loaded.numpy(), expected.numpy())
+
+
+@pytest.mark.parametrize("first, second", [
+    ("conv1.weight", "module.conv1.weight"),
+    ("module.conv1.weight", "conv1.weight"),
+    ("layer1.0.bn1.weight", "backbone.layer1.0.bn1.weight"),
+    ("layer1.0.conv1.weight", "layer1_0_conv1.weight"),
+])
+def test_two_keys_for_one_weight_are_refused(first, second):
+    state_dict = _torch_net(seed=42).state_dict()
+    target = first if first in state_dict else second
+    state_dict = {**state_dict}
+    value = state_dict.pop(target)
+    state_dict[first], state_dict[second] = value, torch.zeros_like(value)
+    model = _keras_net()
+    before = _weights_of(model)
+    for strict in (True, False):
+        with pytest.raises(ValueError, match="holds both") as raised:
+            load_torch(model, state_dict, strict=strict)
+        assert first in str(raised.value) and second in str(raised.value)
+    assert _same_weights(model, before)
+
+
+def test_non_strict_refuses_to_fill_nothing_or_far_too_little():
+    state_dict = _torch_net(seed=43).state_dict()
+    model = _keras_net()
+    before = _weights_of(model)
+    unknown = {"net" + key: value for key, value in state_dict.items()}  # netconv1.weight
+    with pytest.raises(ValueError, match=r"would assign none of the model's 87 weights.*"
+                                         r"e.g. 'conv1' for 'conv1.weight'"):
+        load_torch(model, unknown, strict=False)
+    stem = {key: value for key, value in state_dict.items() if key.startswith(("conv1", "bn1"))}
+    with pytest.raises(ValueError, match=r"would assign only 5 of the model's 87 weights "
+                                         r"\(0\.\d % of the values, less than 50 %\)"):
+        load_torch(model, stem, strict=False)
+    assert _same_weights(model, before)
+
+
+def test_a_stray_key_does_not_hide_the_others():
+    # One unrelated `backbone.` key took every other key out of the load.
+    official = _torch_net(seed=44)
+    state_dict = {**official.state_dict(), "backbone.extra": torch.zeros(1)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every weight arrives: nothing to say
+        model = load_torch(_keras_net(), state_dict, strict=False)
+    images = _images(45)
+    assert _relative_error(_keras_output(model, images), _torch_output(official, images)) < TOLERANCE
+
+
+def test_conv_type_clash_is_refused_without_strict_too():
+    model = _keras_net()
+    before = _weights_of(model)
+    with pytest.raises(ValueError, match=r"checkpoint: standard conv, model: PSConv2D"):
+        load_torch(model, _torch_net(seed=46, psconv=False).state_dict(), strict=False)
+    assert _same_weights(model, before)
+
+
+@pytest.mark.parametrize("source, message", [
+    ({}, "holds no tensors"),
+    ({"state_dict": {}}, "holds no tensors"),
+    ({"state_dict": {"conv1.weight": torch.zeros(1)}, "conv1.weight": torch.zeros(1)},
+     "holds a 'state_dict' and tensors beside it"),
+], ids=["empty", "empty-state-dict", "state-dict-and-tensors"])
+def test_empty_or_ambiguous_checkpoints_are_refused(source, message):
+    with pytest.raises(ValueError, match=message):
+        load_torch(_single_layer(32, 1, 1, 32), source, strict=False)

@@ -1,11 +1,15 @@
 """COCO-format annotations: one JSON of images, annotations and categories.
 
 `read_coco` validates the file up front. A file that cannot be used (missing,
-not JSON, not an object with "images", "annotations" and "categories" lists,
-duplicate ids) raises `AnnotationError`, one line naming the file and what
-is wrong. A bad record (an annotation with a malformed or degenerate box, an
-unknown image or category, an image entry without a readable file) is
-skipped; each is named in `CocoData.skipped` and logged.
+not a regular file, not JSON or nested beyond Python's recursion limit, not an
+object with "images", "annotations" and "categories" lists, a bad or duplicate
+category, duplicate image ids, no usable image or no usable object left after
+skipping) raises `AnnotationError`, one line naming the file and what is
+wrong. A bad record (an annotation with a malformed or degenerate box, an
+unknown image or category, an image entry with a bad id or size, or without a
+readable regular file) is skipped; each is named in `CocoData.skipped` and
+logged. Ids must fit int64 and image sides int32 (the dtypes of NumPy and
+tf.data that carry them).
 """
 
 import dataclasses
@@ -17,6 +21,9 @@ import os
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+MAX_ID = 2**63 - 1  # ids travel as int64
+MAX_SIDE = 2**31 - 1  # image sides as int32 (TensorFlow shapes)
 
 
 class AnnotationError(ValueError):
@@ -74,7 +81,8 @@ def read_coco(annotation_file, image_dir, check_files=True):
         `CocoData`.
 
     Raises:
-        AnnotationError: the file is missing, not JSON, or not COCO-shaped.
+        AnnotationError: the file is missing, not JSON, not COCO-shaped, or
+            leaves no usable image or object.
     """
     source = os.fspath(annotation_file)
     document = _load_json(source)
@@ -91,8 +99,8 @@ def read_coco(annotation_file, image_dir, check_files=True):
             raise AnnotationError(f"{source}: images[{index}]: duplicate image id {entry['id']}")
         if problem is None:
             path = os.path.join(os.fspath(image_dir), entry["file_name"])
-            if check_files and not os.path.isfile(path):
-                problem = f"image file {path} not found"
+            if check_files:
+                problem = _file_problem(path)
         if problem is not None:
             skipped.append(f"{source}: images[{index}]: {problem}; image skipped")
             continue
@@ -106,6 +114,16 @@ def read_coco(annotation_file, image_dir, check_files=True):
         objects[entry["image_id"]].append(entry)
     for line in skipped:
         logger.warning(line)
+    if not images:
+        first = f"; the first skipped: {skipped[0][len(source) + 2:]}" if skipped else ""
+        raise AnnotationError(
+            f"{source}: no usable image ({len(document['images'])} listed){first}"
+        )
+    if not any(not entry.get("iscrowd") for entries in objects.values() for entry in entries):
+        raise AnnotationError(
+            f"{source}: no usable object ({len(document['annotations'])} annotations "
+            "listed, crowd regions aside): nothing to train or evaluate on"
+        )
     records = tuple(
         _record(image_id, path, entry, objects[image_id])
         for image_id, (path, entry) in images.items()
@@ -114,11 +132,16 @@ def read_coco(annotation_file, image_dir, check_files=True):
 
 
 def _load_json(source):
+    if os.path.exists(source) and not os.path.isdir(source) and not os.path.isfile(source):
+        # A FIFO would block the read forever, a device never end it.
+        raise AnnotationError(f"{source}: not a regular file")
     try:
         with open(source, encoding="utf-8") as file:
             return _as_object(json.load(file), source)
     except FileNotFoundError:
         raise AnnotationError(f"{source}: annotation file not found") from None
+    except RecursionError:
+        raise AnnotationError(f"{source}: not usable JSON (nested too deeply)") from None
     except json.JSONDecodeError as error:
         raise AnnotationError(
             f"{source}: not valid JSON ({error.msg} at line {error.lineno}, "
@@ -137,14 +160,18 @@ def _as_object(document, source):
 
 
 def _is_id(value):
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
 
 
 def _categories(entries, source):
     categories = {}
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or not _is_id(entry.get("id")):
-            raise AnnotationError(f"{source}: categories[{index}]: no integer 'id'")
+            found = entry.get("id") if isinstance(entry, dict) else entry
+            raise AnnotationError(
+                f"{source}: categories[{index}]: 'id' {_short(found)} is not an "
+                f"integer from 0 to {MAX_ID}"
+            )
         if entry["id"] in categories:
             raise AnnotationError(f"{source}: categories[{index}]: duplicate id {entry['id']}")
         categories[entry["id"]] = Category(entry["id"], str(entry.get("name", entry["id"])))
@@ -157,23 +184,40 @@ def _image_problem(entry):
     if not isinstance(entry, dict):
         return "not an object"
     if not _is_id(entry.get("id")):
-        return "no integer 'id'"
+        return f"'id' {_short(entry.get('id'))} is not an integer from 0 to {MAX_ID}"
     name = entry.get("file_name")
     if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in name.split("/"):
         return f"bad file_name {name!r} (a relative path inside the image folder)"
     for key in ("height", "width"):
-        if not _is_id(entry.get(key)) or entry[key] <= 0:
-            return f"{key} {entry.get(key)!r} is not a positive integer"
+        if not _is_id(entry.get(key)) or not 0 < entry[key] <= MAX_SIDE:
+            return f"{key} {_short(entry.get(key))} is not an integer from 1 to {MAX_SIDE}"
     return None
+
+
+def _file_problem(path):
+    if not os.path.exists(path):
+        return f"image file {path} not found"
+    if not os.path.isfile(path):
+        return f"image file {path} is not a regular file"
+    if not os.access(path, os.R_OK):
+        return f"image file {path} is not readable"
+    return None
+
+
+def _short(value, limit=40):
+    """repr(value), cut to `limit` characters: records may hold anything."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _annotation_problem(entry, images, categories):
     if not isinstance(entry, dict):
         return "not an object"
-    if entry.get("image_id") not in images:
-        return f"image_id {entry.get('image_id')!r} is not a (readable) image"
-    if entry.get("category_id") not in categories:
-        return f"category_id {entry.get('category_id')!r} is not a category"
+    image_id, category_id = entry.get("image_id"), entry.get("category_id")
+    if not _is_id(image_id) or image_id not in images:
+        return f"image_id {_short(image_id)} is not a (readable) image"
+    if not _is_id(category_id) or category_id not in categories:
+        return f"category_id {_short(category_id)} is not a category"
     box = entry.get("bbox")
     if (
         not isinstance(box, list)
@@ -181,11 +225,11 @@ def _annotation_problem(entry, images, categories):
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
         or not all(math.isfinite(v) for v in box)
     ):
-        return f"bbox {box!r} is not 4 finite numbers [x, y, width, height]"
+        return f"bbox {_short(box)} is not 4 finite numbers [x, y, width, height]"
     x, y, width, height = box
     if width <= 0 or height <= 0:
         return f"bbox {box!r} has no area"
-    _, image = images[entry["image_id"]]
+    _, image = images[image_id]
     if x < 0 or y < 0 or x + width > image["width"] + 1 or y + height > image["height"] + 1:
         return f"bbox {box!r} lies outside the {image['width']}x{image['height']} image"
     return None

@@ -10,6 +10,14 @@ TF Model Garden's fixed output sizes do; per-batch padding as in mmdet
 would retrace for every shape); `target` holds
 "boxes" (xyxy pixels of the resized image, padded with -1), "labels"
 (0..C-1, padded with -1), "image_id" and "scale" (resized / original).
+
+An image file need not have the size its COCO record declares: the boxes are
+in the declared size's pixels, and a uniformly resized copy (the two sides'
+ratios agree within one declared pixel, as rounding leaves them) gets its
+boxes scaled with it, "scale" then mapping back to the declared pixels that
+evaluation compares with. Any other disagreement (sides swapped, cropped, a
+different image) skips the image with a logged warning naming its file, as
+files that fail to decode are.
 """
 
 import dataclasses
@@ -50,25 +58,55 @@ class InputConfig:
 
 
 def coco_examples(data, labels_of=None):
-    """A dataset of raw examples {image (uint8), boxes, labels, image_id} of a
-    `CocoData`; crowd boxes are left out of training targets. Files that fail
-    to decode are dropped with a logged warning naming the error."""
+    """A dataset of raw examples {image (uint8), boxes, labels, image_id,
+    annotation_scale} of a `CocoData`; crowd boxes are left out of training
+    targets. Files that fail to decode, or whose size disagrees with their
+    record (see above), are dropped with a logged warning naming them; if
+    no image with objects remains, `coco_data.AnnotationError` says so."""
+    if not data.records:
+        raise ValueError(f"{data.source}: no images to read")
     labels_of = labels_of or data.label_of()
     records = [r for r in data.records]
     paths = [r.path for r in records]
     ids = np.array([r.id for r in records], np.int64)
+    declared = np.array([[r.height, r.width] for r in records], np.int64)
     boxes = tf.ragged.constant([r.boxes[~r.iscrowd].tolist() for r in records],
                                ragged_rank=1, inner_shape=(4,), dtype=tf.float32)
     labels = tf.ragged.constant(
         [[labels_of[c] for c in r.category_ids[~r.iscrowd]] for r in records], dtype=tf.int32
     )
-    dataset = tf.data.Dataset.from_tensor_slices((paths, boxes, labels, ids))
+    dataset = tf.data.Dataset.from_tensor_slices((paths, boxes, labels, ids, declared))
 
-    def decode(path, box, label, image_id):
+    def decode(path, box, label, image_id, declared):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return dict(image=image, boxes=box, labels=label, image_id=image_id)
+        decoded = tf.shape(image, out_type=tf.int64)[:2]
+        # |H/h - W/w| * h * w <= max(h, w): the sides' ratios agree within one
+        # declared pixel (products stay below 2**62 for int32 sides).
+        skew = tf.abs(decoded[0] * declared[1] - decoded[1] * declared[0])
+        check = tf.debugging.Assert(
+            skew <= tf.reduce_max(declared),
+            ["image", path, "has height, width", decoded, "but its record declares",
+             declared, "- image skipped"],
+        )
+        with tf.control_dependencies([check]):
+            scale = tf.cast(tf.reduce_sum(decoded), tf.float32) / tf.cast(
+                tf.reduce_sum(declared), tf.float32
+            )
+        return dict(image=image, boxes=box, labels=label, image_id=image_id,
+                    annotation_scale=scale)
 
-    return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
+    examples = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    examples = examples.ignore_errors(log_warning=True)
+    # One image with objects must get through, or training would stop at
+    # once with a bare StopIteration: a read of the first such image, or of
+    # all of them when none decodes.
+    if not any(True for _ in examples.filter(lambda e: tf.size(e["labels"]) > 0).take(1)):
+        with_objects = sum(bool((~r.iscrowd).any()) for r in records)
+        raise coco_data.AnnotationError(
+            f"{data.source}: none of its {with_objects} images with objects could be read "
+            "as the image its record declares (the warnings above name each)"
+        )
+    return examples
 
 
 def tfds_examples(split, data_dir=None):
@@ -125,12 +163,17 @@ def tfds_ground_truth(split, data_dir=None):
 
 
 def resize_and_flip(example, config, training, seed=None):
-    """The recipe's resize (and, training, random flip) of one raw example."""
+    """The recipe's resize (and, training, random flip) of one raw example.
+
+    Boxes are scaled by `annotation_scale` (the decoded size over the size
+    they were drawn on; 1 without it) and the resize; the target's "scale"
+    is their product, so that boxes / scale are annotation pixels again."""
     image = tf.cast(example["image"], tf.float32)
     size = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = tf.minimum(config.min_size / tf.reduce_min(size), config.max_size / tf.reduce_max(size))
-    new_size = tf.cast(tf.round(size * scale), tf.int32)
+    resize = tf.minimum(config.min_size / tf.reduce_min(size), config.max_size / tf.reduce_max(size))
+    new_size = tf.cast(tf.round(size * resize), tf.int32)
     image = tf.image.resize(image, new_size, method="bilinear", antialias=True)
+    scale = resize * example.get("annotation_scale", 1.0)
     boxes = example["boxes"] * scale
     if training and config.flip:
         flip = tf.random.uniform([], seed=seed) < 0.5

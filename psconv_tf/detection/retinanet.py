@@ -17,8 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from psconv_tf.detection import evaluation
+from psconv_tf.dynamic_ps_conv2d import DynamicPSConv2D
 from psconv_tf.hub import PSResNetBackbone
+from psconv_tf.ps_conv2d import PSConv2D
 from psconv_tf.training.optimizer import CoupledWeightDecaySGD
+from psconv_tf.weights import load_torch
 
 TORCH_SUFFIXES = (".pth", ".pt")
 OPTIMIZERS = ("sgd", "adam")
@@ -146,15 +149,23 @@ def prediction_decoder(score_threshold=0.05, iou_threshold=0.5, max_detections=1
 
 
 def load_backbone_weights(backbone, source, masked="error"):
-    """Fills `backbone` (a `PSResNetBackbone`) from `source`: a `.pth`
-    checkpoint (`load_torch`, torchvision or official PSConv keys; the
-    classifier keys are ignored), a `.keras` zoo model, or a training run
-    folder (its `best.keras`). Layers are matched by name; a backbone layer
-    that the source lacks, or a shape that differs, raises naming it."""
+    """Fills `backbone` (a `PSResNetBackbone`) from `source`, completely or
+    not at all.
+
+    `source` is a `.pth` checkpoint (`load_torch` without `strict`:
+    torchvision or official PSConv keys, the classifier's ignored; it raises
+    when the checkpoint would fill less than half of the backbone, or a conv
+    type differs), a `.keras` model (a zoo classifier or backbone, or a
+    keras-hub classifier on one), or a training run folder (its
+    `best.keras`). From a model, layers are matched by name, and every
+    weighted layer of the backbone must find its counterpart: of the same
+    kind (PSConv2D or standard), with the same rates and weight shapes. The
+    classifier head of the source is ignored; any other weighted layer the
+    backbone lacks (the corrections of a `masked="compat"` model) is refused,
+    since the backbone would compute another function than the source.
+    """
     source = os.fspath(source)
     if source.endswith(TORCH_SUFFIXES):
-        from psconv_tf.weights import load_torch
-
         if masked not in ("error", "zero"):
             raise ValueError(
                 "A backbone takes masked='error' or 'zero': 'compat' adds "
@@ -164,21 +175,81 @@ def load_backbone_weights(backbone, source, masked="error"):
         return
     from psconv_tf.export.sources import load_model
 
-    model = load_model(source)
-    layers = {layer.name: layer for layer in model.layers}
+    _fill_from_model(backbone, load_model(source), source)
+
+
+# Classifier heads: the zoo's and keras-hub's ImageClassifier's.
+_HEADS = ("fc", "predictions")
+
+
+def _fill_from_model(backbone, model, source):
+    """`backbone`'s weights from the layers of the same names in `model`."""
+    theirs = _weighted_layers(model, source)
+    pairs = []
     for layer in backbone.layers:
         if not layer.weights:
             continue
-        if layer.name not in layers:
+        if layer.name not in theirs:
             raise ValueError(f"{source}: no layer {layer.name!r} for the backbone")
-        values = layers[layer.name].get_weights()
-        for variable, value in zip(layer.weights, values):
-            if tuple(variable.shape) != value.shape:
-                raise ValueError(
-                    f"{source}: layer {layer.name!r} has weight shape {value.shape}; "
-                    f"the backbone expects {tuple(variable.shape)}"
-                )
+        other = theirs.pop(layer.name)
+        _check_counterpart(layer, other, source)
+        pairs.append((layer, other.get_weights()))
+    extra = sorted(name for name in theirs if name not in _HEADS)
+    if extra:
+        raise ValueError(
+            f"{source}: {len(extra)} weighted layers that the backbone lacks "
+            f"({', '.join(extra[:6])}{' ...' if len(extra) > 6 else ''}): the "
+            "backbone would compute another function. (A masked='compat' model? "
+            "Load the .pth with masked='zero' instead.)"
+        )
+    for layer, values in pairs:
         layer.set_weights(values)
+
+
+def _weighted_layers(model, source):
+    """{name: layer} of `model`'s weighted layers, nested models opened."""
+    layers = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            nested = _weighted_layers(layer, source)
+        elif layer.weights:
+            nested = {layer.name: layer}
+        else:
+            continue
+        for name, found in nested.items():
+            if name in layers:
+                raise ValueError(f"{source}: two layers are named {name!r}")
+            layers[name] = found
+    return layers
+
+
+def _check_counterpart(layer, other, source):
+    if isinstance(other, DynamicPSConv2D) and not isinstance(layer, DynamicPSConv2D):
+        raise ValueError(
+            f"{source}: layer {layer.name!r} is a DynamicPSConv2D there: freeze the "
+            "model first (psconv_tf.freeze), which makes it a PSConv2D"
+        )
+    if isinstance(layer, PSConv2D) != isinstance(other, PSConv2D):
+        raise ValueError(
+            f"{source}: layer {layer.name!r} is a {type(other).__name__} there and a "
+            f"{type(layer).__name__} in the backbone: load PSConv models into 'ps_' "
+            "backbones and standard ones into their twins"
+        )
+    static = isinstance(layer, PSConv2D) and not isinstance(layer, DynamicPSConv2D)
+    if static and not np.array_equal(layer.dilation_matrix(), other.dilation_matrix()):
+        raise ValueError(
+            f"{source}: layer {layer.name!r} has other rates there (pattern "
+            f"{other.pattern}, cyclic {other.cyclic!r}, dilation_rate "
+            f"{other.dilation_rate}) than in the backbone (pattern {layer.pattern}, "
+            f"cyclic {layer.cyclic!r}, dilation_rate {layer.dilation_rate})"
+        )
+    shapes = [tuple(w.shape) for w in other.weights]
+    expected = [tuple(w.shape) for w in layer.weights]
+    if shapes != expected:
+        raise ValueError(
+            f"{source}: layer {layer.name!r} has weight shapes {shapes}; the backbone "
+            f"expects {expected}"
+        )
 
 
 def train_inputs(batches):

@@ -7,9 +7,11 @@ classifier, and a keras-hub-aware `convert_backbone`.
     ['P2', 'P3', 'P4', 'P5']
 
 Needs keras-hub (`pip install "psconv-tf[detect]"`). The classes are
-registered with Keras, so `keras_hub.models.Backbone.from_preset(dir)`,
+registered with Keras, and `import psconv_tf` imports this package as soon
+as keras-hub is imported, so `keras_hub.models.Backbone.from_preset(dir)`,
 `keras_hub.models.ImageClassifier.from_preset(dir)` and the detection and
-segmentation tasks of keras-hub find them once `psconv_tf.hub` is imported.
+segmentation tasks of keras-hub find them. Every zoo name is a named preset
+without weights: `Backbone.from_preset("ps_resnet50", load_weights=False)`.
 """
 
 try:
@@ -19,11 +21,18 @@ except ImportError as error:  # pragma: no cover - depends on the install
         "psconv_tf.hub needs keras-hub: pip install \"psconv-tf[detect]\""
     ) from error
 
+from psconv_tf.hub import presets
 from psconv_tf.hub.backbone import PSResNetBackbone
+from psconv_tf.hub.classifier import ConvertedImageClassifier
 from psconv_tf.hub.classifier import PSResNetImageClassifier
 from psconv_tf.hub.convert import ConvertedBackbone
 from psconv_tf.hub.convert import convert_backbone
+from psconv_tf.hub.image_converter import ConvertedImageConverter
 from psconv_tf.hub.image_converter import PSResNetImageConverter
+from psconv_tf.hub.preprocessor import ConvertedImageClassifierPreprocessor
 from psconv_tf.hub.preprocessor import PSResNetImageClassifierPreprocessor
 from psconv_tf.hub.presets import backbone_config
 from psconv_tf.hub.presets import zoo_names
+from psconv_tf.hub.saving import PresetError
+
+presets.register_named_presets(PSResNetBackbone)

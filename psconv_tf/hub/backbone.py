@@ -1,7 +1,7 @@
 """`PSResNetBackbone`: the zoo's ResNet / ResNeXt / SE-ResNet as a keras-hub
 `FeaturePyramidBackbone`."""
 
-import os
+import warnings
 
 import keras
 from keras_hub.models import FeaturePyramidBackbone
@@ -11,11 +11,9 @@ from psconv_tf.hub import saving
 from psconv_tf.models.resnet import ResNet
 from psconv_tf.models.resnet import Stage
 
-CONVERTER_FILE = "image_converter.json"  # keras-hub's name
-
 
 @keras.saving.register_keras_serializable(package="psconv_tf")
-class PSResNetBackbone(FeaturePyramidBackbone):
+class PSResNetBackbone(saving.PresetLoading, saving.StagedSaving, FeaturePyramidBackbone):
     """ResNet, ResNeXt or SE-ResNet with standard or Poly-Scale 3x3 convs.
 
     The graph is the zoo's (`psconv_tf.models.resnet.ResNet`, torchvision
@@ -41,7 +39,11 @@ class PSResNetBackbone(FeaturePyramidBackbone):
         image_shape: input shape without batch; spatial sizes may be None.
         dtype: dtype policy of every layer (e.g. "bfloat16").
 
-    Use `PSResNetBackbone.from_zoo("ps_resnet50")` for a zoo architecture.
+    Use `PSResNetBackbone.from_zoo("ps_resnet50")` for a zoo architecture,
+    or its named preset, `keras_hub.models.Backbone.from_preset("ps_resnet50",
+    load_weights=False)`: every zoo name is one, a documented configuration
+    without weights (none are hosted; with `load_weights=True` the backbone
+    stays randomly initialised, with a warning).
     """
 
     def __init__(
@@ -102,10 +104,10 @@ class PSResNetBackbone(FeaturePyramidBackbone):
             norm_eval=norm_eval,
             dtype=dtype,
         )
-        features = graph.output  # {"Ck": stride 2**k}
+        features = graph.output  # {"Pk": stride 2**k}
         last = list(features)[-1]
         super().__init__(inputs=graph.inputs[0], outputs=features[last], dtype=dtype, **kwargs)
-        self.pyramid_outputs = {"P" + key[1:]: tensor for key, tensor in features.items()}
+        self.pyramid_outputs = dict(features)
 
         self.stackwise_num_blocks = list(stackwise_num_blocks)
         self.stackwise_num_filters = list(stackwise_num_filters)
@@ -127,8 +129,9 @@ class PSResNetBackbone(FeaturePyramidBackbone):
     @classmethod
     def from_zoo(cls, name, **kwargs):
         """The backbone of the zoo model `name` ("ps_resnet50", "resnext50_32x4d",
-        ...), randomly initialized; `kwargs` override its arguments."""
-        return cls(**{**presets.backbone_config(name), **kwargs})
+        ...), randomly initialized and named so; `kwargs` override its
+        arguments."""
+        return cls(**{"name": name, **presets.backbone_config(name), **kwargs})
 
     def get_config(self):
         config = super().get_config()
@@ -152,16 +155,25 @@ class PSResNetBackbone(FeaturePyramidBackbone):
         )
         return config
 
-    def save_to_preset(self, preset_dir, max_shard_size=10):
-        """As keras-hub's, each file written whole (temporary name, rename).
-
-        A preset without `image_converter.json` also gets the ImageNet one
-        (`PSResNetImageConverter.imagenet()`), so that keras-hub's image tasks
-        (`ImageClassifier.from_preset(preset_dir, num_classes=...)`) load it.
-        """
+    @staticmethod
+    def preset_image_converter():
+        """The converter a preset gets when it has none: the zoo's ImageNet
+        convention (`PSResNetImageConverter.imagenet()`), so that keras-hub's
+        image tasks (`ImageClassifier.from_preset(dir, num_classes=...)`)
+        load it."""
         from psconv_tf.hub.image_converter import PSResNetImageConverter
 
-        with saving.staged_directory(preset_dir) as staging:
-            super().save_to_preset(staging, max_shard_size=max_shard_size)
-            if not os.path.exists(os.path.join(preset_dir, CONVERTER_FILE)):
-                PSResNetImageConverter.imagenet().save_to_preset(staging)
+        return PSResNetImageConverter.imagenet()
+
+    def load_weights(self, filepath, *args, **kwargs):
+        """As Keras's. The weights file of a named preset holds no weights:
+        the backbone keeps its random initialisation, with a warning."""
+        name = presets.named_preset_of(filepath)
+        if name is None:
+            return super().load_weights(filepath, *args, **kwargs)
+        warnings.warn(
+            f"Preset {name!r} is a configuration without weights (none are hosted): "
+            "the backbone is randomly initialised. Pass load_weights=False to say "
+            "so; psconv_tf.load_torch reads the official PyTorch weights.",
+            stacklevel=2,
+        )

@@ -19,7 +19,7 @@ _OUTPUT = "output"
 
 
 @keras.saving.register_keras_serializable(package="psconv_tf")
-class ConvertedBackbone(FeaturePyramidBackbone):
+class ConvertedBackbone(saving.PresetLoading, saving.StagedSaving, FeaturePyramidBackbone):
     """A feature-pyramid backbone defined by a functional graph.
 
     Args:
@@ -50,10 +50,14 @@ class ConvertedBackbone(FeaturePyramidBackbone):
         config.update(graph=self._graph_config)
         return config
 
-    def save_to_preset(self, preset_dir, max_shard_size=10):
-        """As keras-hub's, each file written whole (temporary name, rename)."""
-        with saving.staged_directory(preset_dir) as staging:
-            super().save_to_preset(staging, max_shard_size=max_shard_size)
+    @staticmethod
+    def preset_image_converter():
+        """The converter a preset gets when it has none: images pass
+        unchanged (the input convention of the backbone converted from is
+        not known here; save its converter into the preset to keep it)."""
+        from psconv_tf.hub.image_converter import ConvertedImageConverter
+
+        return ConvertedImageConverter()
 
 
 def convert_backbone(backbone, **convert_kwargs):

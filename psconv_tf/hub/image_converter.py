@@ -1,15 +1,17 @@
-"""Image converter of `PSResNetBackbone` presets (resize, rescale)."""
+"""Image converters (resize, rescale) of the backbones' presets."""
 
 import keras
 from keras_hub.layers import ImageConverter
 
 from psconv_tf.hub.backbone import PSResNetBackbone
+from psconv_tf.hub.convert import ConvertedBackbone
+from psconv_tf.hub.saving import PresetLoading
 from psconv_tf.training.preprocessing import IMAGENET_MEAN
 from psconv_tf.training.preprocessing import IMAGENET_STD
 
 
 @keras.saving.register_keras_serializable(package="psconv_tf")
-class PSResNetImageConverter(ImageConverter):
+class PSResNetImageConverter(PresetLoading, ImageConverter):
     """keras-hub's `ImageConverter` (optional resize, then x * scale +
     offset), tied to `PSResNetBackbone`."""
 
@@ -25,3 +27,13 @@ class PSResNetImageConverter(ImageConverter):
             offset=[-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
             **kwargs,
         )
+
+
+@keras.saving.register_keras_serializable(package="psconv_tf")
+class ConvertedImageConverter(PresetLoading, ImageConverter):
+    """keras-hub's `ImageConverter`, tied to `ConvertedBackbone`. Its
+    default passes images through unchanged: a converted backbone keeps the
+    input convention of the backbone it was converted from, which it does
+    not know."""
+
+    backbone_cls = ConvertedBackbone

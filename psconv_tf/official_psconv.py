@@ -1,0 +1,188 @@
+"""The official PSConv layers of d-li14/PSConv as `PSConv2D` kernels.
+
+An official `PSConv2d` (and the grouped `PSGConv2d`) holds three
+convolutions: `gwconv` (grouped, at rate d), `gwconv_shift` (grouped, at
+rate 2d, over the input with its channel halves swapped per group) and
+`conv` (dense, rate 1, meant to be zero where the other two act: the
+masked positions). Together they are one `PSConv2D(pattern=(1, d, 1, 2d))`
+in the blocked layout. `psconv_values` writes them into a layer's kernel and
+returns the masked weights that are not zero; `with_masked_corrections`
+adds those back as standard layers (`load_torch(masked="compat")`).
+"""
+
+import keras
+import numpy as np
+
+
+PSCONV_PARTS = ("gwconv", "gwconv_shift", "conv")
+# PyTorch (out, in/groups, kh, kw) -> Keras (kh, kw, in/groups, out).
+TORCH_TO_KERAS_CONV = (2, 3, 1, 0)
+KERAS_TO_TORCH_CONV = (3, 2, 0, 1)
+
+
+def checked(layer, module, param, value, torch_shape):
+    """`value`, after checking that it has the shape the layer needs."""
+    if tuple(value.shape) != tuple(torch_shape):
+        raise ValueError(
+            f"Shape mismatch for '{module}.{param}': the checkpoint has "
+            f"{tuple(value.shape)}, layer {layer.name!r} needs "
+            f"{tuple(torch_shape)} (PyTorch layout)."
+        )
+    return value
+
+
+def psconv_values(layer, params, module, dilation):
+    """The PSConv2D kernel (and bias) of an official layer, and its residual.
+
+    The residual holds the dense conv's weights at the masked positions, as a
+    Keras kernel of the layer's shape (zeros elsewhere).
+    """
+    if layer.activation is not keras.activations.linear:
+        raise ValueError(
+            f"Layer {layer.name!r} has an activation; the official layer has none."
+        )
+    if layer.padding != "symmetric" and (layer.padding, layer.strides) != ("same", (1, 1)):
+        raise ValueError(
+            f"Layer {layer.name!r} has padding={layer.padding!r}; the official "
+            "layer pads as PyTorch does, which is padding='symmetric'."
+        )
+    if layer.pattern is None:
+        raise ValueError(
+            f"Layer {layer.name!r} has an explicit dilation matrix; the official "
+            "layer is the cyclic lattice PSConv2D(pattern=(1, d, 1, 2d))."
+        )
+    parts = len(layer.pattern)
+    if parts % 2:
+        raise ValueError(
+            f"Layer {layer.name!r}: the official layer swaps channel halves, "
+            f"which needs an even number of parts; its pattern {layer.pattern} "
+            f"has {parts}."
+        )
+    filters, groups = layer.filters, layer.groups
+    in_channels = layer.kernel.shape[2] * groups
+    kernel_size = tuple(layer.kernel_size)
+    block_shape = (filters, in_channels // (groups * parts)) + kernel_size
+    shapes = {
+        "gwconv.weight": block_shape,
+        "gwconv_shift.weight": block_shape,
+        "conv.weight": (filters, in_channels // groups) + kernel_size,
+    }
+    for name, shape in shapes.items():
+        checked(layer, module, name, params[name], shape)
+    dense, rates, masked = official_dense_kernel(params, groups, parts, dilation)
+    if not np.array_equal(rates, layer.dilation_matrix()):
+        raise ValueError(
+            f"Layer {layer.name!r} has other rates than the official layer "
+            f"(dilation={dilation}, {parts} parts), which is "
+            f"PSConv2D(pattern=(1, {dilation}, 1, {2 * dilation}), "
+            "layout='blocked', cyclic='both'). Received: pattern="
+            f"{layer.pattern}, layout={layer.layout!r}, cyclic={layer.cyclic!r}, "
+            f"dilation_rate={layer.dilation_rate}."
+        )
+    residual = np.where(masked[:, :, None, None], params["conv.weight"], 0)
+    values = [(layer.kernel, _grouped(dense.transpose(TORCH_TO_KERAS_CONV), groups))]
+    if layer.use_bias:
+        bias = sum(params[f"{part}.bias"] for part in PSCONV_PARTS)
+        values.append((layer.bias, bias))
+    return values, residual.transpose(TORCH_TO_KERAS_CONV)
+
+
+def official_dense_kernel(params, groups=1, parts=4, dilation=2):
+    """The official layer as one kernel with a rate per (filter, input).
+
+    Args:
+        params: arrays of `gwconv.weight`, `gwconv_shift.weight` and
+            `conv.weight` of an official PSConv2d (groups=1) or PSGConv2d
+            layer, in PyTorch layout.
+        groups: the layer's groups (PSGConv2d's cardinality).
+        parts: the layer's parts (even).
+        dilation: the rate of `gwconv`.
+
+    Returns:
+        dense: (filters, in_channels, kh, kw), every kernel at its place:
+            `gwconv` and `gwconv_shift` at their positions, `conv` elsewhere.
+        rates: (filters, in_channels) int, the rate of every kernel, 0 across
+            groups, comparable with `PSConv2D.dilation_matrix()`.
+        masked: (filters, in_channels // groups) bool, the positions of `conv`
+            where the other two act, in the layout of `conv.weight`.
+    """
+    filters, in_per_group = params["conv.weight"].shape[:2]
+    in_channels = in_per_group * groups
+    blocks = groups * parts
+    # gwconv_shift reads channel swapped[j] = x[halves_swapped[j]].
+    halves = np.arange(in_channels).reshape(groups, 2, -1)
+    halves_swapped = halves[:, ::-1].ravel()
+    diagonal = _expand_groups(np.ones((filters, in_channels // blocks), bool), blocks)
+    shifted = np.zeros_like(diagonal)
+    shifted[:, halves_swapped] = diagonal
+    gw = _expand_groups(params["gwconv.weight"], blocks)
+    gw_shift = np.zeros_like(gw)
+    gw_shift[:, halves_swapped] = _expand_groups(params["gwconv_shift.weight"], blocks)
+    conv = _expand_groups(params["conv.weight"], groups)
+    same_group = _expand_groups(np.ones((filters, in_channels // groups), bool), groups)
+
+    dense = np.where(
+        diagonal[..., None, None], gw, np.where(shifted[..., None, None], gw_shift, conv)
+    )
+    rates = np.where(diagonal, dilation, np.where(shifted, 2 * dilation, same_group))
+    masked = _grouped((diagonal | shifted).T, groups).T
+    return dense, rates.astype(np.int64), masked
+
+
+def _expand_groups(weight, groups):
+    """(out, in/groups, ...) grouped weights -> (out, in, ...), 0 across groups."""
+    out_per_group, in_per_group = weight.shape[0] // groups, weight.shape[1]
+    shape = (weight.shape[0], in_per_group * groups) + weight.shape[2:]
+    dense = np.zeros(shape, weight.dtype)
+    for g in range(groups):
+        rows = slice(g * out_per_group, (g + 1) * out_per_group)
+        dense[rows, g * in_per_group : (g + 1) * in_per_group] = weight[rows]
+    return dense
+
+
+def _grouped(dense, groups):
+    """(..., in, out) dense kernel -> (..., in/groups, out): each filter's group."""
+    in_per_group = dense.shape[-2] // groups
+    out_per_group = dense.shape[-1] // groups
+    return np.concatenate(
+        [
+            dense[..., g * in_per_group : (g + 1) * in_per_group,
+                  g * out_per_group : (g + 1) * out_per_group]
+            for g in range(groups)
+        ],
+        axis=-1,
+    )
+
+
+def with_masked_corrections(model, residuals):
+    """`model` plus a rate-1 conv of the masked weights beside the given layers."""
+
+    def call(layer, *args, **kwargs):
+        outputs = layer(*args, **kwargs)
+        if layer.name not in residuals:
+            return outputs
+        correction = _masked_conv(layer, args[0], residuals[layer.name])
+        return keras.layers.Add(name=f"{layer.name}_compat")([outputs, correction])
+
+    # Reuse the layers (and their weights) instead of copying them.
+    return keras.models.clone_model(
+        model, clone_function=lambda layer: layer, call_function=call
+    )
+
+
+def _masked_conv(layer, inputs, kernel):
+    """The official dense conv restricted to the masked weights, PyTorch padding."""
+    kh, kw = layer.kernel_size
+    padded = keras.layers.ZeroPadding2D(
+        (((kh - 1) // 2,) * 2, ((kw - 1) // 2,) * 2),
+        data_format=layer.data_format,
+        name=f"{layer.name}_masked_pad",
+    )(inputs)
+    conv = keras.layers.Conv2D(
+        layer.filters, layer.kernel_size, strides=layer.strides,
+        groups=layer.groups, use_bias=False, data_format=layer.data_format,
+        name=f"{layer.name}_masked",
+    )
+    outputs = conv(padded)
+    conv.kernel.assign(kernel.astype(conv.kernel.dtype))
+    return outputs
