@@ -24,10 +24,20 @@ serves all groups at once. Gathers happen only where a selection has more
 than MAX_RUNS runs: with the blocked layout never; with the interleaved layout
 (classes strided by t) or an explicit matrix whose classes are scattered, for
 the selections so fragmented. `"masked"` reads nothing.
+
+Non-finite inputs. Every implementation propagates them as Eq. 3 does: an
+Inf or NaN input reaches exactly the outputs whose kernels read it at their
+own rate. The plan implementations never multiply a kernel with an input
+channel of another rate, so this holds by construction. A masked sum
+(`masked_sum`, also DynamicPSConv2D's form) multiplies every input with the
+zeros of the other rates' masks, and Inf * 0 is NaN: where the input is not
+all finite it convolves the finite part and sets the non-finite outputs from
+counts of the +Inf, -Inf and NaN terms that Eq. 3 sums (`_non_finite`).
 """
 
 import dataclasses
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -110,7 +120,7 @@ class ChannelReader:
     def __call__(self, tensors, axis):
         """The selections, as a list of tensors."""
         parts = [
-            [tensor] if len(sizes) == 1 else ops.split(tensor, _cuts(sizes), axis)
+            [tensor] if len(sizes) == 1 else _split(tensor, sizes, axis)
             for tensor, sizes in zip(tensors, self.sections)
         ]
         results = []
@@ -271,12 +281,68 @@ class MaskedExecutor:
 
     def __call__(self, inputs, kernel, data_format):
         del data_format  # the convolutions know it
+        masks = {rate: ops.cast(mask, kernel.dtype) for rate, mask in self.masks.items()}
+        return masked_sum(inputs, kernel, masks, self.convs)
+
+
+def masked_sum(inputs, kernel, masks, convs):
+    """The sum over rates d of convs[d](inputs, kernel * masks[d]), with
+    non-finite inputs propagated as Eq. 3 does (see the module docstring).
+
+    Args:
+        inputs: the layer's inputs in the compute format.
+        kernel: (kh, kw, in_channels // groups, filters).
+        masks: {rate: 0/1 tensor broadcastable to the kernel}, disjoint.
+        convs: {rate: `rate_conv.RateConv`}.
+    """
+
+    def terms(x):
         total = None
-        for rate, conv in self.convs.items():
-            mask = ops.cast(self.masks[rate], kernel.dtype)
-            term = conv(inputs, kernel * mask)
+        for rate, mask in masks.items():
+            term = convs[rate](x, kernel * mask)
             total = term if total is None else total + term
         return total
+
+    def exact():
+        finite = ops.where(ops.isfinite(inputs), inputs, ops.zeros_like(inputs))
+        return _non_finite(terms(finite), inputs, kernel, masks, convs)
+
+    return ops.cond(ops.all(ops.isfinite(inputs)), lambda: terms(inputs), exact)
+
+
+def _non_finite(outputs, inputs, kernel, masks, convs):
+    """`outputs` (of the finite part of `inputs`) with Eq. 3's Inf and NaN.
+
+    A term w * x of Eq. 3 with x = +-Inf is +-Inf by the sign of w (NaN for
+    w = 0) and with x = NaN is NaN; an output is NaN if it has a NaN term or
+    terms of both infinities. The terms are counted by convolutions of the
+    indicators of +Inf, -Inf and NaN (stacked along the batch) with the
+    indicators of positive, negative and zero kernels of each rate.
+    """
+    dtype = kernel.dtype
+    plus, minus, nan = (
+        ops.cast(flag, dtype)
+        for flag in (inputs == float("inf"), inputs == float("-inf"), ops.isnan(inputs))
+    )
+    stacked = ops.concatenate([plus, minus, nan], axis=0)
+    counts = {"+": 0, "-": 0, "nan": 0}
+    for rate, mask in masks.items():
+        signs = [
+            ops.cast(condition, dtype) * mask
+            for condition in (kernel > 0, kernel < 0, kernel == 0)
+        ]
+        # (+Inf, -Inf, NaN inputs) x (positive, negative, zero kernels).
+        (p_pos, m_pos, n_pos), (p_neg, m_neg, n_neg), (p_zero, m_zero, n_zero) = (
+            ops.split(convs[rate](stacked, sign), 3, axis=0) for sign in signs
+        )
+        counts["+"] = counts["+"] + p_pos + m_neg
+        counts["-"] = counts["-"] + p_neg + m_pos
+        counts["nan"] = counts["nan"] + n_pos + n_neg + n_zero + p_zero + m_zero
+    inf = ops.cast(float("inf"), outputs.dtype)
+    undefined = (counts["nan"] > 0) | ((counts["+"] > 0) & (counts["-"] > 0))
+    outputs = ops.where(counts["+"] > 0, inf, outputs)
+    outputs = ops.where(counts["-"] > 0, -inf, outputs)
+    return ops.where(undefined, ops.cast(float("nan"), outputs.dtype), outputs)
 
 
 def _fold(tensor, axis, groups):
@@ -300,5 +366,12 @@ def _concatenate(tensors, axis):
     return tensors[0] if len(tensors) == 1 else ops.concatenate(tensors, axis)
 
 
-def _cuts(sizes):
-    return np.cumsum(sizes)[:-1].tolist()
+def _split(tensor, sizes, axis):
+    """`tensor` cut along `axis` into pieces of `sizes`. On PyTorch by
+    torch.split: Keras' torch split turns the cuts into a tensor and back
+    (`.tolist()`), a data-dependent graph break under torch.compile."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return list(torch.split(tensor, list(sizes), dim=axis))
+    return ops.split(tensor, np.cumsum(sizes)[:-1].tolist(), axis)

@@ -453,3 +453,37 @@ def test_native_conv2d_equals_conv2d(strides, padding):
     _assert_close(ops.convert_to_numpy(native(x)), expected)
     clone = keras.layers.deserialize(keras.layers.serialize(native))
     assert type(clone) is NativeConv2D and clone.get_config() == native.get_config()
+
+
+def _assert_same_non_finite(actual, expected):
+    for kind in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(kind(actual), kind(expected), err_msg=kind.__name__)
+    finite = np.isfinite(expected)
+    _assert_close(actual[finite], expected[finite])
+
+
+@pytest.mark.parametrize("implementation", ("auto",) + IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    "padding, strides, groups, data_format",
+    [("same", 1, 1, "channels_last"), ("symmetric", 2, 2, "channels_last"),
+     ("valid", 1, 2, "channels_first")],
+)
+def test_non_finite_inputs_propagate_as_eq3(padding, strides, groups, data_format, implementation):
+    """One +Inf, one -Inf and one NaN pixel reach exactly the outputs whose
+    kernels read them at their own rate, with Eq. 3's sign (no Inf * 0 from
+    the kernels of other rates)."""
+    x = np.random.default_rng(8).normal(size=(2, 13, 13, 8))
+    x[0, 5, 6, 3], x[0, 2, 2, 5], x[1, 9, 3, 0] = np.inf, -np.inf, np.nan
+    x[1, 6, 6, 2] = x[1, 6, 7, 2] = np.inf  # terms of both infinities meet
+    x[1, 6, 8, 6] = -np.inf
+    layer = PSConv2D(8, 3, strides=strides, padding=padding, groups=groups,
+                     data_format=data_format, implementation=implementation)
+    layer_x = x if data_format == "channels_last" else x.transpose(0, 3, 1, 2)
+    y = _to_channels_last(layer(layer_x.astype("float32")), dict(data_format=data_format))
+    kernel, bias = [ops.convert_to_numpy(w).astype(np.float64) for w in layer.weights]
+    expected = reference.psconv_exact(
+        x, reference.dense_from_grouped(kernel, groups), layer.dilation_matrix(),
+        layer.strides, padding, bias,
+    )
+    assert np.isnan(expected).any() and np.isposinf(expected).any()
+    _assert_same_non_finite(y, expected)

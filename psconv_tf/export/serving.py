@@ -5,6 +5,7 @@ import re
 import keras
 import numpy as np
 
+from psconv_tf import autotune
 from psconv_tf import files
 from psconv_tf.export.errors import ExportError
 from psconv_tf.training.preprocessing import IMAGENET_MEAN
@@ -115,6 +116,9 @@ def serving_model(
     return keras.Model(images, model(x, training=False), name=f"{model.name}_serving")
 
 
+# No data-dependent branch in the graph: TFLite's int8 calibration cannot
+# quantize one (see `autotune.branch_free`).
+@autotune.branch_free()
 def export_saved_model(model, directory, **serving_options):
     """Writes `model` as a SavedModel with a `serving_default` signature.
 
