@@ -306,7 +306,7 @@ class DynamicPSConv2D(PSConv2D):
     def _mask_numpy(self):
         """M as a NumPy array; raises where a latent factor is not finite."""
         for factor in self.mask_factors:
-            bad = int(np.sum(~np.isfinite(ops.convert_to_numpy(factor))))
+            bad = int(np.sum(~np.isfinite(factor.numpy())))
             if bad:
                 raise ValueError(
                     f"Layer {self.name!r}: its latent factor {factor.name!r} "

@@ -475,7 +475,7 @@ class PSConv2D(keras.layers.Layer):
         y = sum over rates d of conv(x, dense_kernel * (D == d), rate d).
         """
         self._require_built("dense_kernel")
-        kernel = ops.convert_to_numpy(self.kernel)
+        kernel = self.kernel.numpy()
         in_per_group = kernel.shape[2]
         dense = np.zeros(
             self.kernel_size + (in_per_group * self.groups, self.filters),

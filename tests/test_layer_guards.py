@@ -214,7 +214,7 @@ def test_mask_learning_rate_multiplier_at_its_limits_is_finite(policy, multiplie
 def test_non_finite_latent_factor_gives_nan_and_is_reported(value, surrogate):
     layer = DynamicPSConv2D(8, 3, padding="same", surrogate=surrogate)
     layer.build((1, 6, 6, 8))
-    factor = ops.convert_to_numpy(layer.mask_factors[1])
+    factor = layer.mask_factors[1].numpy()
     factor[0, 1] = value
     layer.mask_factors[1].assign(factor)
     y = ops.convert_to_numpy(layer(np.ones((1, 6, 6, 8), "float32")))

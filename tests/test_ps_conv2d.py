@@ -112,7 +112,7 @@ def _blocked_lattice(config):
 
 
 def _reference_output(layer, config, x):
-    kernel, *bias = [ops.convert_to_numpy(w) for w in layer.weights]
+    kernel, *bias = [w.numpy() for w in layer.weights]
     dense = reference.dense_from_grouped(kernel.astype(np.float64), config["groups"])
     return reference.psconv(
         x, dense, _expected_matrix(config), config["strides"], config["padding"],
@@ -163,7 +163,7 @@ def test_gradients_match_reference(config, implementation):
     """
     layer, x, layer_x = _layer_and_input(config, implementation=implementation)
     rng = np.random.default_rng(1)
-    kernel = ops.convert_to_numpy(layer.kernel).astype(np.float64)
+    kernel = layer.kernel.numpy().astype(np.float64)
     y_shape = _reference_output(layer, config, x).shape
     cotangent = rng.normal(size=y_shape)
     grad_x, grad_kernel = _layer_gradients(layer, layer_x, cotangent, config)
@@ -310,7 +310,7 @@ def test_layouts_are_one_function_up_to_channel_permutation():
 def test_dense_kernel_places_grouped_kernels():
     layer = PSConv2D(8, 3, groups=2, pattern=(1, 2))
     layer.build((None, 9, 9, 4))
-    kernel = ops.convert_to_numpy(layer.kernel)
+    kernel = layer.kernel.numpy()
     dense = layer.dense_kernel()
     assert dense.shape == (3, 3, 4, 8)
     np.testing.assert_array_equal(dense, reference.dense_from_grouped(kernel, 2))
@@ -447,9 +447,9 @@ def test_native_conv2d_equals_conv2d(strides, padding):
     native.build(x.shape)
     expected = reference.conv_valid(
         reference._pad(x.astype(np.float64), [(1, 1)] * 2 if padding == "same" else [(0, 0)] * 2),
-        reference.dense_from_grouped(ops.convert_to_numpy(native.kernel), 4),
+        reference.dense_from_grouped(native.kernel.numpy(), 4),
         (strides, strides), 1,
-    ) + ops.convert_to_numpy(native.bias)
+    ) + native.bias.numpy()
     _assert_close(ops.convert_to_numpy(native(x)), expected)
     clone = keras.layers.deserialize(keras.layers.serialize(native))
     assert type(clone) is NativeConv2D and clone.get_config() == native.get_config()
@@ -480,7 +480,7 @@ def test_non_finite_inputs_propagate_as_eq3(padding, strides, groups, data_forma
                      data_format=data_format, implementation=implementation)
     layer_x = x if data_format == "channels_last" else x.transpose(0, 3, 1, 2)
     y = _to_channels_last(layer(layer_x.astype("float32")), dict(data_format=data_format))
-    kernel, bias = [ops.convert_to_numpy(w).astype(np.float64) for w in layer.weights]
+    kernel, bias = [w.numpy().astype(np.float64) for w in layer.weights]
     expected = reference.psconv_exact(
         x, reference.dense_from_grouped(kernel, groups), layer.dilation_matrix(),
         layer.strides, padding, bias,
