@@ -20,8 +20,8 @@ import stat
 import tempfile
 import warnings
 
+from psconv_tf import arguments
 from psconv_tf import executor
-from psconv_tf import lattice
 
 ENVIRONMENT = "PSCONV_TF_AUTOTUNE_CACHE"
 # A record is a few hundred bytes; anything larger is not one.
@@ -68,7 +68,7 @@ def load(text):
             raise ValueError("its key differs")
         choice = record.get("choice")
         if not isinstance(choice, str) or choice not in executor.IMPLEMENTATIONS:
-            raise ValueError(f"unknown implementation {lattice.shown(choice)}")
+            raise ValueError(f"unknown implementation {arguments.shown(choice)}")
         return choice
     except (OSError, ValueError, RecursionError) as error:
         _ignore(path, error)

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from psconv_tf import arguments
 from psconv_tf import executor
 from psconv_tf import explicit_matrix
 from psconv_tf import kronecker_mask
@@ -126,7 +127,7 @@ class DynamicPSConv2D(PSConv2D):
         if len(rates) != 2 or rates[0] >= rates[1]:
             raise ValueError(
                 "Argument `rates` must be two increasing positive integers "
-                f"(small, large). Received: rates={lattice.shown(original_rates)}"
+                f"(small, large). Received: rates={arguments.shown(original_rates)}"
             )
         for name in STATIC_ARGUMENTS:
             if name in kwargs:
@@ -179,7 +180,7 @@ class DynamicPSConv2D(PSConv2D):
         ):
             raise ValueError(
                 "Argument `mask_learning_rate_multiplier` must be a number in "
-                f"[{low:g}, {high:g}]. Received: {lattice.shown(multiplier)}"
+                f"[{low:g}, {high:g}]. Received: {arguments.shown(multiplier)}"
             )
         self.surrogate = surrogate
         self.mask_initializer = mask_initializer

@@ -16,6 +16,7 @@ import re
 
 import numpy as np
 
+from psconv_tf import arguments
 from psconv_tf import lattice
 
 # The largest matrix a text may declare, refused before it is allocated.
@@ -26,7 +27,7 @@ _TEXT = re.compile(r"^(\d{1,7})x(\d{1,7}):((?:\d{1,6}(?:\*\d{1,8})?)(?:,\d{1,6}(
 
 def _error(message, value):
     return ValueError(
-        f"Argument `dilation_matrix` {message}. Received: {lattice.shown(value)}"
+        f"Argument `dilation_matrix` {message}. Received: {arguments.shown(value)}"
     )
 
 

@@ -17,19 +17,16 @@ import dataclasses
 
 import numpy as np
 
+from psconv_tf import arguments
+
 CYCLIC_MODES = ("both", "input", "output")
 LAYOUTS = ("blocked", "interleaved")
 
-# The largest dilation rate (and kernel size and stride) a layer accepts.
-MAX_RATE = 1024
+# The largest dilation rate a layer accepts (rates x base rates included).
+MAX_RATE = arguments.MAX_SIZE
 # The most kernels (filters x input channels) a layer may have: 2**24 is 16
 # times the widest ResNet layer.
 MAX_KERNELS = 1 << 24
-
-
-def is_positive_int(value):
-    """Whether `value` is an int (not a bool) greater than 0."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
 
 
 def validate_pattern(pattern, name="pattern"):
@@ -39,21 +36,15 @@ def validate_pattern(pattern, name="pattern"):
         pattern = (pattern,)
     message = (
         f"Argument `{name}` must be a non-empty sequence of positive integers "
-        f"of at most {MAX_RATE}. Received: {name}={shown(pattern)}"
+        f"of at most {MAX_RATE}. Received: {name}={arguments.shown(pattern)}"
     )
     try:
         values = tuple(pattern)
     except TypeError:
         raise ValueError(message) from None
-    if not values or not all(is_positive_int(v) and v <= MAX_RATE for v in values):
+    if not values or not all(arguments.is_positive_int(v) and v <= MAX_RATE for v in values):
         raise ValueError(message)
     return tuple(int(v) for v in values)
-
-
-def shown(value, width=80):
-    """repr(value), cut to `width` characters for error messages."""
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def check_rates(largest, arguments):
@@ -132,7 +123,7 @@ def dilation_matrix(
     pattern = validate_pattern(pattern)
     for name, value in (("in_channels", in_channels), ("filters", filters),
                         ("groups", groups), ("base_rate", base_rate)):
-        if not is_positive_int(value):
+        if not arguments.is_positive_int(value):
             raise ValueError(
                 f"Argument `{name}` must be a positive integer. "
                 f"Received: {name}={value!r}"

@@ -8,6 +8,7 @@ from keras import initializers
 from keras import ops
 from keras import regularizers
 
+from psconv_tf import arguments
 from psconv_tf import autotune
 from psconv_tf import executor
 from psconv_tf import explicit_matrix
@@ -16,27 +17,6 @@ from psconv_tf import rate_conv
 
 PADDINGS = rate_conv.PADDINGS
 IMPLEMENTATIONS = ("auto",) + executor.IMPLEMENTATIONS
-
-
-def _standardize_pair(value, name):
-    """(a, b) from a positive int or a pair of them, each at most
-    `lattice.MAX_RATE`; True, 3.0, None and strings are refused with a
-    ValueError that names the argument."""
-    pair = (value, value) if lattice.is_positive_int(value) else value
-    try:
-        pair = tuple(pair) if not isinstance(pair, str) else None
-    except TypeError:
-        pair = None
-    if (
-        pair is None or len(pair) != 2
-        or not all(lattice.is_positive_int(v) and v <= lattice.MAX_RATE for v in pair)
-    ):
-        raise ValueError(
-            f"Argument `{name}` must be a positive integer or a tuple of two "
-            f"positive integers, at most {lattice.MAX_RATE}. Received: "
-            f"{name}={lattice.shown(value)}"
-        )
-    return tuple(int(v) for v in pair)
 
 
 @keras.saving.register_keras_serializable(package="psconv_tf")
@@ -162,12 +142,12 @@ class PSConv2D(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if not lattice.is_positive_int(filters):
+        if not arguments.is_positive_int(filters):
             raise ValueError(
                 "Argument `filters` must be a positive integer. "
                 f"Received: filters={filters!r}"
             )
-        if not lattice.is_positive_int(groups):
+        if not arguments.is_positive_int(groups):
             raise ValueError(
                 "Argument `groups` must be a positive integer. "
                 f"Received: groups={groups!r}"
@@ -185,9 +165,9 @@ class PSConv2D(keras.layers.Layer):
         self.implementation = implementation
         self.filters = int(filters)
         self.groups = int(groups)
-        self.kernel_size = _standardize_pair(kernel_size, "kernel_size")
-        self.strides = _standardize_pair(strides, "strides")
-        self.dilation_rate = _standardize_pair(dilation_rate, "dilation_rate")
+        self.kernel_size = arguments.pair(kernel_size, "kernel_size")
+        self.strides = arguments.pair(strides, "strides")
+        self.dilation_rate = arguments.pair(dilation_rate, "dilation_rate")
         if self.dilation_rate[0] != self.dilation_rate[1]:
             raise ValueError(
                 "Argument `dilation_rate` must be the same along height and "
@@ -505,18 +485,7 @@ class PSConv2D(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        """As Keras', but a refused argument stays a one-line ValueError
-        naming it (Keras wraps every error in a TypeError that prints the
-        whole config)."""
-        try:
-            return super().from_config(config)
-        except TypeError as error:
-            if isinstance(error.__context__, ValueError):
-                raise ValueError(
-                    f"Cannot create {cls.__name__} from its config: "
-                    f"{error.__context__}"
-                ) from None
-            raise
+        return arguments.from_config(super().from_config, cls.__name__, config)
 
     def get_config(self):
         config = super().get_config()

@@ -225,3 +225,21 @@ def test_non_finite_latent_factor_gives_nan_and_is_reported(value, surrogate):
     inputs = keras.Input((6, 6, 8))
     with pytest.raises(ValueError, match="mask_factor_1"):
         psconv_tf.freeze(keras.Model(inputs, layer(inputs)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [(dict(strides=2**31), "strides"), (dict(dilation_rate=10**9), "dilation_rate"),
+     (dict(kernel_size=(3, 2**31)), "kernel_size")],
+)
+def test_native_conv2d_refuses_what_aborts_the_raw_op(kwargs, name):
+    from psconv_tf import NativeConv2D
+
+    arguments = dict(filters=4, kernel_size=3, padding="same")
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        NativeConv2D(**arguments)
+    config = NativeConv2D(4, 3).get_config()
+    config.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        NativeConv2D.from_config(config)
