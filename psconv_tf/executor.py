@@ -30,9 +30,9 @@ Inf or NaN input reaches exactly the outputs whose kernels read it at their
 own rate. The plan implementations never multiply a kernel with an input
 channel of another rate, so this holds by construction. A masked sum
 (`masked_sum`, also DynamicPSConv2D's form) multiplies every input with the
-zeros of the other rates' masks, and Inf * 0 is NaN: where the input is not
-all finite it convolves the finite part and sets the non-finite outputs from
-counts of the +Inf, -Inf and NaN terms that Eq. 3 sums (`_non_finite`).
+zeros of the other rates' masks, and Inf * 0 is NaN: it convolves the finite
+part of the inputs and, where they are not all finite, sets the non-finite
+outputs from counts of the +Inf, -Inf and NaN terms of Eq. 3 (`_non_finite`).
 """
 
 import dataclasses
@@ -289,29 +289,34 @@ def masked_sum(inputs, kernel, masks, convs):
     """The sum over rates d of convs[d](inputs, kernel * masks[d]), with
     non-finite inputs propagated as Eq. 3 does (see the module docstring).
 
+    The convolutions read the finite part of the inputs (Inf and NaN set to
+    0), which is Eq. 3 wherever it is finite; where the inputs are not all
+    finite, a branch without gradient computes the outputs that Eq. 3 makes
+    non-finite (`_non_finite`). Only that branch is conditional: the graph
+    holds the convolutions once, and TensorFlow differentiates no branch.
+
     Args:
         inputs: the layer's inputs in the compute format.
         kernel: (kh, kw, in_channels // groups, filters).
         masks: {rate: 0/1 tensor broadcastable to the kernel}, disjoint.
         convs: {rate: `rate_conv.RateConv`}.
     """
+    finite = ops.isfinite(inputs)
+    readable = ops.where(finite, inputs, 0.0)
+    outputs = None
+    for rate, mask in masks.items():
+        term = convs[rate](readable, kernel * mask)
+        outputs = term if outputs is None else outputs + term
+    special = ops.stop_gradient(ops.cond(
+        ops.all(finite),
+        lambda: ops.zeros_like(outputs),
+        lambda: _non_finite(inputs, ops.stop_gradient(kernel), masks, convs, outputs.dtype),
+    ))
+    return outputs + special  # finite + 0, or Eq. 3's Inf or NaN
 
-    def terms(x):
-        total = None
-        for rate, mask in masks.items():
-            term = convs[rate](x, kernel * mask)
-            total = term if total is None else total + term
-        return total
 
-    def exact():
-        finite = ops.where(ops.isfinite(inputs), inputs, ops.zeros_like(inputs))
-        return _non_finite(terms(finite), inputs, kernel, masks, convs)
-
-    return ops.cond(ops.all(ops.isfinite(inputs)), lambda: terms(inputs), exact)
-
-
-def _non_finite(outputs, inputs, kernel, masks, convs):
-    """`outputs` (of the finite part of `inputs`) with Eq. 3's Inf and NaN.
+def _non_finite(inputs, kernel, masks, convs, dtype):
+    """Eq. 3's outputs where they are not finite (+-Inf or NaN), 0 elsewhere.
 
     A term w * x of Eq. 3 with x = +-Inf is +-Inf by the sign of w (NaN for
     w = 0) and with x = NaN is NaN; an output is NaN if it has a NaN term or
@@ -319,16 +324,15 @@ def _non_finite(outputs, inputs, kernel, masks, convs):
     indicators of +Inf, -Inf and NaN (stacked along the batch) with the
     indicators of positive, negative and zero kernels of each rate.
     """
-    dtype = kernel.dtype
     plus, minus, nan = (
-        ops.cast(flag, dtype)
+        ops.cast(flag, kernel.dtype)
         for flag in (inputs == float("inf"), inputs == float("-inf"), ops.isnan(inputs))
     )
     stacked = ops.concatenate([plus, minus, nan], axis=0)
     counts = {"+": 0, "-": 0, "nan": 0}
     for rate, mask in masks.items():
         signs = [
-            ops.cast(condition, dtype) * mask
+            ops.cast(condition, kernel.dtype) * ops.stop_gradient(mask)
             for condition in (kernel > 0, kernel < 0, kernel == 0)
         ]
         # (+Inf, -Inf, NaN inputs) x (positive, negative, zero kernels).
@@ -338,11 +342,11 @@ def _non_finite(outputs, inputs, kernel, masks, convs):
         counts["+"] = counts["+"] + p_pos + m_neg
         counts["-"] = counts["-"] + p_neg + m_pos
         counts["nan"] = counts["nan"] + n_pos + n_neg + n_zero + p_zero + m_zero
-    inf = ops.cast(float("inf"), outputs.dtype)
+    inf, nan_value = ops.cast(float("inf"), dtype), ops.cast(float("nan"), dtype)
     undefined = (counts["nan"] > 0) | ((counts["+"] > 0) & (counts["-"] > 0))
-    outputs = ops.where(counts["+"] > 0, inf, outputs)
-    outputs = ops.where(counts["-"] > 0, -inf, outputs)
-    return ops.where(undefined, ops.cast(float("nan"), outputs.dtype), outputs)
+    special = ops.where(counts["+"] > 0, inf, ops.cast(0, dtype))
+    special = ops.where(counts["-"] > 0, -inf, special)
+    return ops.where(undefined, nan_value, special)
 
 
 def _fold(tensor, axis, groups):
