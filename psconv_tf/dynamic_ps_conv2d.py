@@ -67,6 +67,9 @@ class DynamicPSConv2D(PSConv2D):
     the latent factors (`profile` counts both). `freeze()` returns the
     static `PSConv2D` with the learned D, which computes the same function at
     the static cost; `psconv_tf.freeze(model)` freezes a whole model.
+    Inf and NaN inputs reach exactly the outputs Eq. 3 makes non-finite (a
+    run-time check, `executor.masked_sum`; under torch.compile a graph
+    break).
 
     Args:
         filters, kernel_size, strides, padding, data_format, groups,

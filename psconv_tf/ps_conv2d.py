@@ -71,7 +71,9 @@ class PSConv2D(keras.layers.Layer):
             multiplies it. Stored in the config as run-length text, see
             `psconv_tf.explicit_matrix`.
 
-    Implementation: every one of these computes the same function.
+    Implementation: every one of these computes the same function, Inf and
+    NaN inputs included (they reach exactly the outputs Eq. 3 makes
+    non-finite).
         implementation: `"auto"` (default: measured per input shape and
             cached, see `psconv_tf.autotune`; with PSCONV_TF_AUTOTUNE=0 or
             where nothing was measured, `"masked"` for layers of at most
@@ -80,7 +82,10 @@ class PSConv2D(keras.layers.Layer):
             each run in all layer groups at once;
             `"grouped"`: one grouped convolution per rate and branch shape;
             `"masked"`: one convolution per rate over all channels with the
-            kernel masked to that rate (more MACs, fewest ops; tiny layers);
+            kernel masked to that rate (more MACs, fewest ops; tiny layers),
+            plus a run-time check for Inf and NaN inputs; where a branch
+            cannot be traced (`autotune.branch_free()`, which exports use,
+            and `torch.compile`) it runs as `"split"`;
             `"grouped_s2b"`: `"grouped"`, dilation run as space-to-batch at
             stride 1 (fast backward passes for few channels per group).
         Gathers: none with the blocked layout; otherwise wherever a channel
