@@ -23,9 +23,11 @@ depends on the backend, the device, the shapes and the dtype. A layer with
   up to MASKED_KERNELS kernels, else "split"), for deterministic tests and
   exports.
 
-- Inside `branch_free()` (exports), a layer that would run "masked" runs
-  DEFAULT: the same function without "masked"'s run-time check for Inf and
-  NaN, a branch that TFLite's integer quantization cannot calibrate.
+- Inside `branch_free()` (exports) and under `torch.compile`, a layer that
+  would run "masked" runs DEFAULT: the same function without "masked"'s
+  run-time check for Inf and NaN, a branch that TFLite's integer
+  quantization cannot calibrate and that torch.cond cannot hold (Keras ops
+  record names as they run).
 
 The cache (`autotune_cache`): one small JSON record per key (backend,
 device, dtype, input shape, data format, the layer's geometry and the digest
@@ -150,8 +152,8 @@ def _choose(layer, inputs, training):
 
 def _compiling_choice(layer, inputs, training):
     """The choice under torch.compile: this process's choice for the shape,
-    else the default. TorchDynamo follows this code, so it reads no file
-    (a graph break in every layer)."""
+    else the default. TorchDynamo follows this code: reading the cache file
+    here would break the graph in every layer."""
     memo = (tuple(inputs.shape), str(inputs.dtype), bool(training))
     choice = layer.__dict__.get("_autotune_choices", {}).get(memo)
     return choice if choice is not None and enabled() else default(layer)

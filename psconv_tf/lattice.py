@@ -47,12 +47,12 @@ def validate_pattern(pattern, name="pattern"):
     return tuple(int(v) for v in values)
 
 
-def check_rates(largest, arguments):
-    """Raises unless the largest rate, set by `arguments` (a text naming
-    them), is at most MAX_RATE."""
+def check_rates(largest, source):
+    """Raises unless the largest rate, set by `source` (a text naming the
+    arguments), is at most MAX_RATE."""
     if largest > MAX_RATE:
         raise ValueError(
-            f"The rates set by {arguments} must be at most {MAX_RATE}. "
+            f"The rates set by {source} must be at most {MAX_RATE}. "
             f"Received a largest rate of {largest}."
         )
 
@@ -126,7 +126,7 @@ def dilation_matrix(
         if not arguments.is_positive_int(value):
             raise ValueError(
                 f"Argument `{name}` must be a positive integer. "
-                f"Received: {name}={value!r}"
+                f"Received: {name}={arguments.shown(value)}"
             )
     check_rates(max(pattern) * int(base_rate), "`pattern` x `base_rate`")
     check_kernels(filters, in_channels)

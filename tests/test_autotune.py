@@ -278,3 +278,24 @@ def test_measuring_many_layers_retraces_nothing(tuner, monkeypatch):
     finally:
         logger.removeHandler(handler)
     assert not [r for r in records if "retracing" in r.getMessage()]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow graphs")
+@pytest.mark.parametrize("implementation", ["masked", "auto"])
+def test_branch_free_graphs_hold_no_branch_and_compute_the_same(implementation):
+    import tensorflow as tf
+
+    layer = PSConv2D(8, 3, padding="same", groups=2, implementation=implementation)
+    layer.build((2, 9, 9, 8))  # 4 x 8 kernels: "auto" defaults to "masked"
+
+    def graph_ops():
+        function = tf.function(lambda x: layer(x)).get_concrete_function(
+            tf.TensorSpec((2, 9, 9, 8), "float32")
+        )
+        return {op.type for op in function.graph.get_operations()}, function(_x())
+
+    branching, expected = graph_ops()
+    with autotune.branch_free():
+        ops_free, outputs = graph_ops()
+    assert branching & {"If", "StatelessIf"} and not ops_free & {"If", "StatelessIf"}
+    np.testing.assert_allclose(outputs.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
