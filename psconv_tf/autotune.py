@@ -5,15 +5,19 @@ depends on the backend, the device, the shapes and the dtype. A layer with
 `implementation="auto"` asks `choose` once per input shape and mode:
 
 - When measuring is on and the inputs are concrete (an eager call: eager
-  TensorFlow, JAX outside `jit`, PyTorch), every implementation is timed on
-  this shape, dtype and device, forward+backward of sum(y ** 2) when
-  training, forward otherwise (a warm-up, then interleaved rounds of
-  compiled functions: `tf.function`, `jax.jit`, eager PyTorch), and the
-  fastest is cached in memory and on disk.
-- Inside a traced function (`tf.function`, XLA, `jax.jit`, `model.fit`,
-  SavedModel/TFLite export), nothing can be timed: the choice cached for that
-  key is used, else `default(layer)`. Run the model eagerly once first, or
-  call `tune(model, inputs)`, to measure before tracing.
+  TensorFlow, JAX outside `jit`, PyTorch outside `torch.compile`), every
+  implementation is timed on this shape, dtype and device, forward+backward
+  of sum(y ** 2) when training, forward otherwise (a warm-up, then
+  interleaved rounds of compiled functions: one concrete `tf.function`
+  each, `jax.jit`, eager PyTorch), and the fastest is cached in memory and
+  on disk. The first measurement of a process says so in one line (on
+  stderr, or in the absl log where Keras' interactive logging is off).
+- Inside a traced function (`tf.function`, XLA, `jax.jit`, `torch.compile`
+  and its fake tensors, `model.fit`, SavedModel/TFLite export), nothing is
+  timed: the choice cached for that key is used, else `default(layer)`
+  (under `torch.compile`, this process's choice: reading files there would
+  break the graph). Run the model eagerly once first, or call
+  `tune(model, inputs)`, to measure before tracing.
 - `PSCONV_TF_AUTOTUNE=0` turns measuring and the cache off: "auto" is then
   always `default(layer)` ("masked" on a GPU under JAX; elsewhere "masked"
   up to MASKED_KERNELS kernels, else "split"), for deterministic tests and
@@ -22,25 +26,30 @@ depends on the backend, the device, the shapes and the dtype. A layer with
   "fused" on a GPU under JAX only: elsewhere its kernels run in Pallas
   interpret mode, far too slowly to be a choice. No fixed default uses it.
 
-The cache: one JSON file per key in `PSCONV_TF_AUTOTUNE_CACHE`, else
-`$XDG_CACHE_HOME/psconv_tf/autotune` (~/.cache/...), named by the SHA-256 of
-the key (backend, device, dtype, input shape, data format, the layer's
-geometry and the digest of its dilation matrix, mode, candidates). Files are
-written to a temporary name and renamed; a file that is not valid JSON for
-its key is ignored with a warning and measured again. Nothing is unpickled.
+- Inside `branch_free()` (exports) and under `torch.compile`, a layer that
+  would run "masked" runs DEFAULT: the same function without "masked"'s
+  run-time check for Inf and NaN, a branch that TFLite's integer
+  quantization cannot calibrate and that torch.cond cannot hold (Keras ops
+  record names as they run).
+
+The cache (`autotune_cache`): one small JSON record per key (backend,
+device, dtype, input shape, data format, the layer's geometry and the digest
+of its dilation matrix, mode, candidates); a record that cannot be read is
+"not cached", with one warning, and is measured again.
 """
 
 import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import sys
 import time
 import warnings
 
 import keras
 import numpy as np
 
+from psconv_tf import autotune_cache
 from psconv_tf import conv_ops
 from psconv_tf import executor
 
@@ -56,24 +65,18 @@ from psconv_tf import executor
 DEFAULT = "split"
 MASKED_KERNELS = 1024
 ENVIRONMENT = "PSCONV_TF_AUTOTUNE"
-CACHE_ENVIRONMENT = "PSCONV_TF_AUTOTUNE_CACHE"
+CACHE_ENVIRONMENT = autotune_cache.ENVIRONMENT
 ROUNDS = 5
 
 _memory = {}
 _forced = [False]
+_announced = [False]
+_branch_free = [False]
 
 
 def enabled():
     """Whether measuring (and the cache) is on: PSCONV_TF_AUTOTUNE != "0"."""
     return _forced[0] or os.environ.get(ENVIRONMENT, "1").strip() not in ("0", "false", "off")
-
-
-def cache_dir():
-    root = os.environ.get(CACHE_ENVIRONMENT)
-    if root:
-        return root
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "psconv_tf", "autotune")
 
 
 def default(layer):
@@ -91,11 +94,41 @@ def candidates():
     return executor.IMPLEMENTATIONS
 
 
+def implementation(layer, inputs, training):
+    """The implementation `layer` runs on `inputs`: its own, or for "auto"
+    `choose`'s; DEFAULT in place of "masked" inside `branch_free()` and
+    under torch.compile (whose traced branches cannot hold Keras ops)."""
+    name = layer.implementation
+    if name == "auto":
+        name = choose(layer, inputs, training)
+    if name == "masked" and (_branch_free[0] or _torch_compiling()):
+        return DEFAULT
+    return name
+
+
+@contextlib.contextmanager
+def branch_free():
+    """Traces PSConv2D layers without data-dependent branches (exports).
+
+    "masked" checks its inputs for Inf and NaN at run time
+    (`executor.masked_sum`), a branch that TFLite's integer quantization
+    cannot calibrate. Inside this context a layer that would run "masked",
+    pinned or chosen, runs DEFAULT instead: the same function, no branch.
+    """
+    previous, _branch_free[0] = _branch_free[0], True
+    try:
+        yield
+    finally:
+        _branch_free[0] = previous
+
+
 def choose(layer, inputs, training):
     """The implementation for `layer` on `inputs` (see the module docstring)."""
+    if _torch_compiling():
+        return _compiling_choice(layer, inputs, training)
     if not enabled():
         return default(layer)
-    memo = (tuple(inputs.shape), str(inputs.dtype), bool(training), _forced[0])
+    memo = (tuple(inputs.shape), str(inputs.dtype), bool(training))
     choices = layer.__dict__.setdefault("_autotune_choices", {})
     if memo in choices:
         return choices[memo]
@@ -116,15 +149,45 @@ def _choose(layer, inputs, training):
     text = json.dumps(key, sort_keys=True)
     if text in _memory:
         return _memory[text]
-    choice = _load(text)
+    choice = autotune_cache.load(text)
     if choice is None:
         if not _concrete(inputs):
             return None
+        _announce()
         times = measure(layer, shape, inputs.dtype, training)
         choice = min(times, key=times.get)
-        _store(text, choice, times)
+        autotune_cache.store(text, choice, times)
     _memory[text] = choice
     return choice
+
+
+def _compiling_choice(layer, inputs, training):
+    """The choice under torch.compile: this process's choice for the shape,
+    else the default. TorchDynamo follows this code: reading the cache file
+    here would break the graph in every layer."""
+    memo = (tuple(inputs.shape), str(inputs.dtype), bool(training))
+    choice = layer.__dict__.get("_autotune_choices", {}).get(memo)
+    return choice if choice is not None and enabled() else default(layer)
+
+
+def _announce():
+    """Says once per process what is measured and where it is cached."""
+    if _announced[0]:
+        return
+    _announced[0] = True
+    message = (
+        "PSConv2D(implementation='auto'): timing its implementations on the "
+        "first eager call for each input shape (forward, and backward when "
+        f"training); the choices are cached in {autotune_cache.cache_dir()}. Set "
+        f"{ENVIRONMENT}=0 to skip this and use the defaults."
+    )
+    if keras.config.is_interactive_logging_enabled():
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    else:
+        from absl import logging
+
+        logging.info(message)
 
 
 @contextlib.contextmanager
@@ -152,16 +215,16 @@ def measure(layer, shape, dtype, training):
     runs = {}
     x = keras.random.normal(shape, dtype=dtype, seed=0)
     for name in candidates():
-        runs[name] = _runner(layer, layer.implementation_executor(name), x, training)
-    for name, run in list(runs.items()):
         try:
-            run()
+            run = _runner(layer, layer.implementation_executor(name), x, training)
+            run()  # compiles
         except Exception as error:  # noqa: BLE001 - any compiler's error
             if name not in executor.JAX_IMPLEMENTATIONS:
                 raise
             # A kernel this device's compiler refuses is no candidate.
             warnings.warn(f"PSConv2D autotune skips {name!r}: {error}")
-            del runs[name]
+            continue
+        runs[name] = run
     times = {name: [] for name in runs}
     for _ in range(ROUNDS):
         for name, run in runs.items():
@@ -178,11 +241,9 @@ def _runner(layer, run_plan, x, training):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        @tf.function
         def forward(x, kernel):
             return run_plan(x, kernel)
 
-        @tf.function
         def forward_backward(x, kernel):
             with tf.GradientTape() as tape:
                 tape.watch([x, kernel])
@@ -190,8 +251,11 @@ def _runner(layer, run_plan, x, training):
                 loss = tf.reduce_sum(tf.square(tf.cast(y, "float32")))
             return tape.gradient(loss, [x, kernel])
 
-        function = forward_backward if training else forward
-        return lambda: tf.nest.map_structure(lambda t: t.numpy(), function(x, kernel))
+        # Traced once, here, and called as a concrete function: calling a new
+        # tf.function per implementation and layer would count as retracing.
+        function = tf.function(forward_backward if training else forward)
+        concrete = function.get_concrete_function(x, kernel)
+        return lambda: tf.nest.map_structure(lambda t: t.numpy(), concrete(x, kernel))
     if backend == "jax":
         import jax
         import jax.numpy as jnp
@@ -216,7 +280,17 @@ def _runner(layer, run_plan, x, training):
     return forward_backward if training else forward
 
 
+def _torch_compiling():
+    """Whether TorchDynamo is tracing the caller (torch.compile)."""
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
 def _concrete(inputs):
+    """Whether `inputs` holds values (an eager call), not a trace's stand-in."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -226,7 +300,19 @@ def _concrete(inputs):
         import jax
 
         return not isinstance(inputs, jax.core.Tracer)
-    return getattr(getattr(inputs, "device", None), "type", "meta") != "meta"
+    import torch
+
+    if not isinstance(inputs, torch.Tensor) or inputs.device.type == "meta":
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    from torch._subclasses import fake_tensor
+    from torch._subclasses import functional_tensor
+
+    return not (
+        fake_tensor.is_fake(inputs)
+        or isinstance(inputs, functional_tensor.FunctionalTensor)
+    )
 
 
 def _device():
@@ -269,42 +355,3 @@ def _key(layer, shape, dtype, training):
 def matrix_digest(matrix):
     """A short digest of a dilation matrix, for cache keys."""
     return hashlib.sha256(np.ascontiguousarray(matrix, np.int64).tobytes()).hexdigest()[:16]
-
-
-def _path(text):
-    return os.path.join(cache_dir(), hashlib.sha256(text.encode()).hexdigest() + ".json")
-
-
-def _load(text):
-    path = _path(text)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as file:
-            record = json.load(file)
-        if not isinstance(record, dict) or json.dumps(record.get("key"), sort_keys=True) != text:
-            raise ValueError("its key differs")
-        choice = record.get("choice")
-        if choice not in candidates():
-            raise ValueError(f"unknown implementation {choice!r}")
-        return choice
-    except (OSError, ValueError, UnicodeDecodeError) as error:
-        warnings.warn(f"Ignoring PSConv2D autotune cache file {path}: {error}")
-        return None
-
-
-def _store(text, choice, times):
-    record = {"key": json.loads(text), "choice": choice, "seconds": times}
-    folder = cache_dir()
-    try:
-        os.makedirs(folder, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
-                json.dump(record, file, indent=1, sort_keys=True)
-            os.replace(temporary, _path(text))
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-    except OSError as error:
-        warnings.warn(f"Could not write the PSConv2D autotune cache in {folder}: {error}")

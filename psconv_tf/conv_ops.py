@@ -1,5 +1,7 @@
 """One 2D convolution on any Keras backend, fast on TensorFlow."""
 
+import functools
+
 import keras
 from keras import ops
 
@@ -23,7 +25,23 @@ def conv2d(inputs, kernel, strides, padding, dilation_rate, data_format):
         import tensorflow as tf
 
         rates = (dilation_rate,) * 2 if isinstance(dilation_rate, int) else dilation_rate
-        grouped = kernel.shape[2] != inputs.shape[3 if data_format == "channels_last" else 1]
+        channel_axis = 3 if data_format == "channels_last" else 1
+        groups = inputs.shape[channel_axis] // kernel.shape[2]
+        grouped = groups > 1
+        if grouped and inputs.dtype in (tf.float16, tf.bfloat16) and not _tensorflow_gpu():
+            # CPU kernels differentiate grouped convolutions in float16 and
+            # bfloat16 only where oneDNN runs the dtype on the CPU (float16
+            # needs AVX512-FP16); elsewhere the Eigen kernel checks the
+            # ungrouped filter size and fails ("filter_size does not have
+            # enough elements"): one convolution per group.
+            pieces = zip(
+                tf.split(inputs, groups, axis=channel_axis),
+                tf.split(kernel, groups, axis=3),
+            )
+            return tf.concat(
+                [conv2d(x, k, strides, padding, dilation_rate, data_format) for x, k in pieces],
+                axis=channel_axis,
+            )
         if not isinstance(padding, str) and (max(rates) > 1 or grouped):
             # CPU kernels cannot differentiate dilated or grouped convolutions
             # with explicit padding: pad first.
@@ -52,8 +70,9 @@ def conv2d(inputs, kernel, strides, padding, dilation_rate, data_format):
             # as space-to-batch convolutions at rate 1.
             return tf_dilation.conv(inputs, kernel, rates, padding, data_format)
         convolve = tf.nn.conv2d
-        if inputs.dtype == tf.float16 and max(rates) > 1:
-            # CPU kernels have no float16 gradient for dilated convolutions;
+        if inputs.dtype in (tf.float16, tf.bfloat16) and max(rates) > 1:
+            # CPU kernels have no float16 or bfloat16 gradient for dilated
+            # convolutions where oneDNN does not run the dtype;
             # tf.nn.convolution runs the dilation as space-to-batch instead.
             convolve = tf.nn.convolution
         return convolve(
@@ -92,6 +111,14 @@ def conv2d(inputs, kernel, strides, padding, dilation_rate, data_format):
         data_format=data_format,
         dilation_rate=dilation_rate,
     )
+
+
+@functools.cache
+def _tensorflow_gpu():
+    """Whether TensorFlow sees a GPU (where convolutions run by default)."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def jax_on_gpu():

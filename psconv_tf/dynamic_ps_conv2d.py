@@ -6,6 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from psconv_tf import arguments
+from psconv_tf import executor
 from psconv_tf import explicit_matrix
 from psconv_tf import kronecker_mask
 from psconv_tf import lattice
@@ -17,6 +19,10 @@ MASK_INITIALIZERS = ("lattice", "random")
 # |factor| at initialization: half way to the edge of the clipped identity's
 # window [-1, 1], so a factor flips after moving by 0.5.
 INITIAL_MAGNITUDE = 0.5
+# The valid range of mask_learning_rate_multiplier (mu): the factors are
+# stored divided by sqrt(mu), and both sqrt(mu) and the stored factors must
+# stay normal numbers in float16 under mixed precision.
+MULTIPLIER_RANGE = (1e-6, 1e6)
 # PSConv2D arguments that a learned lattice replaces.
 STATIC_ARGUMENTS = (
     "pattern", "cyclic", "layout", "dilation_rate", "dilation_matrix", "implementation",
@@ -49,6 +55,11 @@ class DynamicPSConv2D(PSConv2D):
       V_i and uses A_i = sqrt(mu) * V_i, so plain or momentum SGD moves A_i
       as with mu times the learning rate, while L2 weight decay on V_i decays
       A_i at the usual rate (adaptive optimizers see a factor sqrt(mu)).
+      mu lies in [1e-6, 1e6], where sqrt(mu) and V_i stay normal float16
+      numbers under mixed precision.
+    - A non-finite latent factor leaves the lattice undefined: the outputs
+      are NaN, and `dilation_matrix()`, `rate_shares()` and `freeze()` raise
+      a ValueError naming the factor.
 
     Cost. In training and in inference the layer computes
     sum over the two rates r of conv(x, W * [D = r], r): two full
@@ -56,6 +67,9 @@ class DynamicPSConv2D(PSConv2D):
     the latent factors (`profile` counts both). `freeze()` returns the
     static `PSConv2D` with the learned D, which computes the same function at
     the static cost; `psconv_tf.freeze(model)` freezes a whole model.
+    Inf and NaN inputs reach exactly the outputs Eq. 3 makes non-finite (a
+    run-time check, `executor.masked_sum`; under torch.compile a graph
+    break).
 
     Args:
         filters, kernel_size, strides, padding, data_format, groups,
@@ -75,7 +89,7 @@ class DynamicPSConv2D(PSConv2D):
         mask_initializer: "lattice" or "random".
         initial_pattern: the cycle of rates for the "lattice" initialization,
             each one of `rates`; default (small, large, small, large).
-        mask_learning_rate_multiplier: positive float mu; default 1.
+        mask_learning_rate_multiplier: float mu in [1e-6, 1e6]; default 1.
 
     Example:
 
@@ -112,14 +126,11 @@ class DynamicPSConv2D(PSConv2D):
         **kwargs,
     ):
         original_rates = rates
-        try:
-            rates = lattice.validate_pattern(rates)
-        except ValueError:
-            rates = ()
+        rates = lattice.validate_pattern(rates, "rates")
         if len(rates) != 2 or rates[0] >= rates[1]:
             raise ValueError(
                 "Argument `rates` must be two increasing positive integers "
-                f"(small, large). Received: rates={original_rates!r}"
+                f"(small, large). Received: rates={arguments.shown(original_rates)}"
             )
         for name in STATIC_ARGUMENTS:
             if name in kwargs:
@@ -164,20 +175,24 @@ class DynamicPSConv2D(PSConv2D):
                 f"Received: mask_initializer={mask_initializer!r}"
             )
         multiplier = mask_learning_rate_multiplier
+        low, high = MULTIPLIER_RANGE
         if (
             isinstance(multiplier, bool)
             or not isinstance(multiplier, (int, float, np.floating, np.integer))
-            or not math.isfinite(multiplier)
-            or multiplier <= 0
+            or not low <= multiplier <= high
         ):
             raise ValueError(
-                "Argument `mask_learning_rate_multiplier` must be a positive "
-                f"finite number. Received: {multiplier!r}"
+                "Argument `mask_learning_rate_multiplier` must be a number in "
+                f"[{low:g}, {high:g}]. Received: {arguments.shown(multiplier)}"
             )
         self.surrogate = surrogate
         self.mask_initializer = mask_initializer
         self.mask_learning_rate_multiplier = float(multiplier)
         self.factor_shapes = kronecker_mask.validate_factor_shapes(factor_shapes)
+
+    @property
+    def _rates_arguments(self):
+        return "`rates`"
 
     @property
     def small_rate(self):
@@ -202,6 +217,7 @@ class DynamicPSConv2D(PSConv2D):
                 f"input_shape={input_shape}"
             )
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={channel_axis: in_channels})
+        lattice.check_kernels(self.filters, in_channels)
         self.compute_output_shape(input_shape)
         in_per_group = in_channels // self.groups
         shapes = self._resolved_factor_shapes(in_per_group)
@@ -281,9 +297,8 @@ class DynamicPSConv2D(PSConv2D):
         (`PSConv2D.call` adds the bias and activation)."""
         del training  # the mask is binary in training and inference alike
         large = ops.cast(ops.transpose(self.mask()), self.kernel.dtype)[None, None]
-        convs = self._rate_convs
-        outputs = convs[self.small_rate](inputs, self.kernel * (1.0 - large))
-        return outputs + convs[self.large_rate](inputs, self.kernel * large)
+        masks = {self.small_rate: 1.0 - large, self.large_rate: large}
+        return executor.masked_sum(inputs, self.kernel, masks, self._rate_convs)
 
     def dilation_matrix(self):
         """The current learned D, (filters, in_channels), 0 across groups."""
@@ -293,6 +308,15 @@ class DynamicPSConv2D(PSConv2D):
         return explicit_matrix.expand(rates, self.groups)
 
     def _mask_numpy(self):
+        """M as a NumPy array; raises where a latent factor is not finite."""
+        for factor in self.mask_factors:
+            bad = int(np.sum(~np.isfinite(factor.numpy())))
+            if bad:
+                raise ValueError(
+                    f"Layer {self.name!r}: its latent factor {factor.name!r} "
+                    f"holds {bad} non-finite value(s), so its learned lattice "
+                    "is undefined (its outputs are NaN)."
+                )
         return ops.convert_to_numpy(ops.stop_gradient(self.mask()))
 
     def rate_shares(self):

@@ -26,10 +26,20 @@ serves all groups at once. Gathers happen only where a selection has more
 than MAX_RUNS runs: with the blocked layout never; with the interleaved layout
 (classes strided by t) or an explicit matrix whose classes are scattered, for
 the selections so fragmented. `"masked"` reads nothing.
+
+Non-finite inputs. Every implementation propagates them as Eq. 3 does: an
+Inf or NaN input reaches exactly the outputs whose kernels read it at their
+own rate. The plan implementations never multiply a kernel with an input
+channel of another rate, so this holds by construction. A masked sum
+(`masked_sum`, also DynamicPSConv2D's form) multiplies every input with the
+zeros of the other rates' masks, and Inf * 0 is NaN: it convolves the finite
+part of the inputs and, where they are not all finite, sets the non-finite
+outputs from counts of the +Inf, -Inf and NaN terms of Eq. 3 (`_non_finite`).
 """
 
 import dataclasses
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -114,7 +124,7 @@ class ChannelReader:
     def __call__(self, tensors, axis):
         """The selections, as a list of tensors."""
         parts = [
-            [tensor] if len(sizes) == 1 else ops.split(tensor, _cuts(sizes), axis)
+            [tensor] if len(sizes) == 1 else _split(tensor, sizes, axis)
             for tensor, sizes in zip(tensors, self.sections)
         ]
         results = []
@@ -275,12 +285,72 @@ class MaskedExecutor:
 
     def __call__(self, inputs, kernel, data_format):
         del data_format  # the convolutions know it
-        total = None
-        for rate, conv in self.convs.items():
-            mask = ops.cast(self.masks[rate], kernel.dtype)
-            term = conv(inputs, kernel * mask)
-            total = term if total is None else total + term
-        return total
+        masks = {rate: ops.cast(mask, kernel.dtype) for rate, mask in self.masks.items()}
+        return masked_sum(inputs, kernel, masks, self.convs)
+
+
+def masked_sum(inputs, kernel, masks, convs):
+    """The sum over rates d of convs[d](inputs, kernel * masks[d]), with
+    non-finite inputs propagated as Eq. 3 does (see the module docstring).
+
+    The convolutions read the finite part of the inputs (Inf and NaN set to
+    0), which is Eq. 3 wherever it is finite; where the inputs are not all
+    finite, a branch without gradient computes the outputs that Eq. 3 makes
+    non-finite (`_non_finite`). Only that branch is conditional: the graph
+    holds the convolutions once, and TensorFlow differentiates no branch.
+
+    Args:
+        inputs: the layer's inputs in the compute format.
+        kernel: (kh, kw, in_channels // groups, filters).
+        masks: {rate: 0/1 tensor broadcastable to the kernel}, disjoint.
+        convs: {rate: `rate_conv.RateConv`}.
+    """
+    finite = ops.isfinite(inputs)
+    readable = ops.where(finite, inputs, 0.0)
+    outputs = None
+    for rate, mask in masks.items():
+        term = convs[rate](readable, kernel * mask)
+        outputs = term if outputs is None else outputs + term
+    special = ops.stop_gradient(ops.cond(
+        ops.all(finite),
+        lambda: ops.zeros_like(outputs),
+        lambda: _non_finite(inputs, ops.stop_gradient(kernel), masks, convs, outputs.dtype),
+    ))
+    return outputs + special  # finite + 0, or Eq. 3's Inf or NaN
+
+
+def _non_finite(inputs, kernel, masks, convs, dtype):
+    """Eq. 3's outputs where they are not finite (+-Inf or NaN), 0 elsewhere.
+
+    A term w * x of Eq. 3 with x = +-Inf is +-Inf by the sign of w (NaN for
+    w = 0) and with x = NaN is NaN; an output is NaN if it has a NaN term or
+    terms of both infinities. The terms are counted by convolutions of the
+    indicators of +Inf, -Inf and NaN (stacked along the batch) with the
+    indicators of positive, negative and zero kernels of each rate.
+    """
+    plus, minus, nan = (
+        ops.cast(flag, kernel.dtype)
+        for flag in (inputs == float("inf"), inputs == float("-inf"), ops.isnan(inputs))
+    )
+    stacked = ops.concatenate([plus, minus, nan], axis=0)
+    counts = {"+": 0, "-": 0, "nan": 0}
+    for rate, mask in masks.items():
+        signs = [
+            ops.cast(condition, kernel.dtype) * ops.stop_gradient(mask)
+            for condition in (kernel > 0, kernel < 0, kernel == 0)
+        ]
+        # (+Inf, -Inf, NaN inputs) x (positive, negative, zero kernels).
+        (p_pos, m_pos, n_pos), (p_neg, m_neg, n_neg), (p_zero, m_zero, n_zero) = (
+            ops.split(convs[rate](stacked, sign), 3, axis=0) for sign in signs
+        )
+        counts["+"] = counts["+"] + p_pos + m_neg
+        counts["-"] = counts["-"] + p_neg + m_pos
+        counts["nan"] = counts["nan"] + n_pos + n_neg + n_zero + p_zero + m_zero
+    inf, nan_value = ops.cast(float("inf"), dtype), ops.cast(float("nan"), dtype)
+    undefined = (counts["nan"] > 0) | ((counts["+"] > 0) & (counts["-"] > 0))
+    special = ops.where(counts["+"] > 0, inf, ops.cast(0, dtype))
+    special = ops.where(counts["-"] > 0, -inf, special)
+    return ops.where(undefined, nan_value, special)
 
 
 def _fold(tensor, axis, groups):
@@ -304,5 +374,12 @@ def _concatenate(tensors, axis):
     return tensors[0] if len(tensors) == 1 else ops.concatenate(tensors, axis)
 
 
-def _cuts(sizes):
-    return np.cumsum(sizes)[:-1].tolist()
+def _split(tensor, sizes, axis):
+    """`tensor` cut along `axis` into pieces of `sizes`. On PyTorch by
+    torch.split: Keras' torch split turns the cuts into a tensor and back
+    (`.tolist()`), a data-dependent graph break under torch.compile."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return list(torch.split(tensor, list(sizes), dim=axis))
+    return ops.split(tensor, np.cumsum(sizes)[:-1].tolist(), axis)

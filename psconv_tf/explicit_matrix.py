@@ -16,26 +16,44 @@ import re
 
 import numpy as np
 
-# The largest matrix a text may declare, to refuse absurd sizes before
-# allocating them: 2**24 kernels is 16 times the widest ResNet layer.
-MAX_KERNELS = 1 << 24
+from psconv_tf import arguments
+from psconv_tf import lattice
+
+# The largest matrix a text may declare, refused before it is allocated.
+MAX_KERNELS = lattice.MAX_KERNELS
 
 _TEXT = re.compile(r"^(\d{1,7})x(\d{1,7}):((?:\d{1,6}(?:\*\d{1,8})?)(?:,\d{1,6}(?:\*\d{1,8})?)*)$")
 
 
 def _error(message, value):
-    text = repr(value)
-    text = text if len(text) <= 80 else text[:77] + "..."
-    return ValueError(f"Argument `dilation_matrix` {message}. Received: {text}")
+    return ValueError(
+        f"Argument `dilation_matrix` {message}. Received: {arguments.shown(value)}"
+    )
 
 
 def validate(value):
     """`value` (array-like of ints, or the config text) as a 2D int64 array.
 
-    Zeros are allowed here (the block form); `compact` decides at build.
+    Zeros are allowed here (the block form; `compact` decides at build), but
+    every row (filter) needs a positive rate, and no rate may exceed
+    `lattice.MAX_RATE`.
     """
-    if isinstance(value, str):
-        return decode(value)
+    array = decode(value) if isinstance(value, str) else _array(value)
+    if array.max() > lattice.MAX_RATE:
+        raise _error(
+            f"must hold rates of at most {lattice.MAX_RATE}, found "
+            f"{array.max()}", value,
+        )
+    if not (array > 0).any(axis=1).all():
+        row = int(np.flatnonzero(~(array > 0).any(axis=1))[0])
+        raise _error(
+            f"must hold a positive rate in every row (filter); row {row} has "
+            "none", value,
+        )
+    return array
+
+
+def _array(value):
     if isinstance(value, (bool, int, float, np.generic)):
         raise _error("must be a 2D array of integer rates", value)
     try:
@@ -53,6 +71,11 @@ def validate(value):
         raise _error(f"must hold positive rates, found {int(array.min())}", value)
     if array.size > MAX_KERNELS:
         raise _error(f"is too large ({array.size} kernels)", value)
+    if array.max() > lattice.MAX_RATE:  # before a cast could wrap it
+        raise _error(
+            f"must hold rates of at most {lattice.MAX_RATE}, found "
+            f"{array.max()}", value,
+        )
     return array.astype(np.int64)
 
 

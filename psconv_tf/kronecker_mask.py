@@ -19,6 +19,8 @@ def binarize(factor, surrogate="clipped_identity"):
       (Hubara et al.'s STE for binarized networks; our default);
     - "identity": s(x) = x, ds/dx = 1;
     - "tanh": s(x) = tanh(x), ds/dx = 1 - tanh(x) ** 2.
+    A non-finite factor has no sign: its entries binarize to NaN (adding
+    0 * factor, without gradient), whatever the surrogate.
     """
     if surrogate == "clipped_identity":
         smooth = ops.clip(factor, -1.0, 1.0)
@@ -31,8 +33,9 @@ def binarize(factor, surrogate="clipped_identity"):
             f"Argument `surrogate` must be one of {SURROGATES}. "
             f"Received: surrogate={surrogate!r}"
         )
-    sign = ops.where(factor >= 0, 1.0, -1.0)
-    return ops.cast(sign, factor.dtype) + (smooth - ops.stop_gradient(smooth))
+    sign = ops.cast(ops.where(factor >= 0, 1.0, -1.0), factor.dtype)
+    undefined = ops.stop_gradient(factor * 0)  # NaN where factor is not finite
+    return sign + undefined + (smooth - ops.stop_gradient(smooth))
 
 
 def kronecker(*matrices):

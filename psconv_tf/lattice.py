@@ -5,36 +5,66 @@ dilation rate D[c, k]. Grouping the kernels by rate turns the layer into a few
 ordinary (grouped) convolutions over fixed channel selections; `compile_plan`
 finds them once per layer, from D alone, with no kernel computed twice and no
 zero kernel computed at all.
+
+Bounds. Every rate is a positive int of at most MAX_RATE and a layer has at
+most MAX_KERNELS kernels (filters x input channels): rates reach int32
+attributes of the backends' convolution ops and the padding grows with them,
+so absurd values are refused here, where every route (constructor, config,
+saved file, preset) passes, before anything is allocated.
 """
 
 import dataclasses
 
 import numpy as np
 
+from psconv_tf import arguments
+
 CYCLIC_MODES = ("both", "input", "output")
 LAYOUTS = ("blocked", "interleaved")
 
+# The largest dilation rate a layer accepts (rates x base rates included).
+MAX_RATE = arguments.MAX_SIZE
+# The most kernels (filters x input channels) a layer may have: 2**24 is 16
+# times the widest ResNet layer.
+MAX_KERNELS = 1 << 24
 
-def validate_pattern(pattern):
-    """Returns `pattern` as a tuple of positive Python ints, or raises."""
+
+def validate_pattern(pattern, name="pattern"):
+    """Returns `pattern` as a tuple of positive Python ints of at most
+    MAX_RATE, or raises a ValueError naming the argument `name`."""
     if isinstance(pattern, (int, np.integer)) and not isinstance(pattern, bool):
         pattern = (pattern,)
+    message = (
+        f"Argument `{name}` must be a non-empty sequence of positive integers "
+        f"of at most {MAX_RATE}. Received: {name}={arguments.shown(pattern)}"
+    )
     try:
         values = tuple(pattern)
     except TypeError:
-        raise ValueError(
-            "Argument `pattern` must be a non-empty sequence of positive "
-            f"integers. Received: pattern={pattern!r}"
-        ) from None
-    if not values or not all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
-        for v in values
-    ):
-        raise ValueError(
-            "Argument `pattern` must be a non-empty sequence of positive "
-            f"integers. Received: pattern={pattern!r}"
-        )
+        raise ValueError(message) from None
+    if not values or not all(arguments.is_positive_int(v) and v <= MAX_RATE for v in values):
+        raise ValueError(message)
     return tuple(int(v) for v in values)
+
+
+def check_rates(largest, source):
+    """Raises unless the largest rate, set by `source` (a text naming the
+    arguments), is at most MAX_RATE."""
+    if largest > MAX_RATE:
+        raise ValueError(
+            f"The rates set by {source} must be at most {MAX_RATE}. "
+            f"Received a largest rate of {largest}."
+        )
+
+
+def check_kernels(filters, in_channels):
+    """Raises unless filters x in_channels is at most MAX_KERNELS."""
+    if int(filters) * int(in_channels) > MAX_KERNELS:
+        raise ValueError(
+            f"A layer may have at most {MAX_KERNELS} kernels (filters x input "
+            f"channels). Received: filters={filters}, input channels="
+            f"{in_channels}."
+        )
 
 
 def _cycle_positions(channels, groups, period, layout, shift):
@@ -81,12 +111,25 @@ def dilation_matrix(
         groups: number of channel groups, as for `Conv2D`.
         cyclic: `"both"`, `"input"` or `"output"`.
         layout: `"blocked"` or `"interleaved"`.
-        base_rate: an integer that multiplies every rate.
+        base_rate: a positive integer that multiplies every rate.
 
     Returns:
         An int array of shape (filters, in_channels).
+
+    Raises:
+        ValueError: naming the argument that is not a positive integer, or
+            rates above MAX_RATE, or more than MAX_KERNELS kernels.
     """
     pattern = validate_pattern(pattern)
+    for name, value in (("in_channels", in_channels), ("filters", filters),
+                        ("groups", groups), ("base_rate", base_rate)):
+        if not arguments.is_positive_int(value):
+            raise ValueError(
+                f"Argument `{name}` must be a positive integer. "
+                f"Received: {name}={arguments.shown(value)}"
+            )
+    check_rates(max(pattern) * int(base_rate), "`pattern` x `base_rate`")
+    check_kernels(filters, in_channels)
     if cyclic not in CYCLIC_MODES:
         raise ValueError(
             f"Argument `cyclic` must be one of {CYCLIC_MODES}. "

@@ -8,6 +8,7 @@ from keras import initializers
 from keras import ops
 from keras import regularizers
 
+from psconv_tf import arguments
 from psconv_tf import autotune
 from psconv_tf import executor
 from psconv_tf import explicit_matrix
@@ -16,26 +17,6 @@ from psconv_tf import rate_conv
 
 PADDINGS = rate_conv.PADDINGS
 IMPLEMENTATIONS = ("auto",) + executor.IMPLEMENTATIONS + executor.JAX_IMPLEMENTATIONS
-
-
-def _is_positive_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
-
-
-def _standardize_pair(value, name):
-    """(a, b) from a positive int or a pair of them; True, 3.0, None and
-    strings are refused with a ValueError that names the argument."""
-    pair = (value, value) if _is_positive_int(value) else value
-    try:
-        pair = tuple(pair) if not isinstance(pair, str) else None
-    except TypeError:
-        pair = None
-    if pair is None or len(pair) != 2 or not all(map(_is_positive_int, pair)):
-        raise ValueError(
-            f"Argument `{name}` must be a positive integer or a tuple of two "
-            f"positive integers. Received: {name}={value!r}"
-        )
-    return tuple(int(v) for v in pair)
 
 
 @keras.saving.register_keras_serializable(package="psconv_tf")
@@ -90,7 +71,9 @@ class PSConv2D(keras.layers.Layer):
             multiplies it. Stored in the config as run-length text, see
             `psconv_tf.explicit_matrix`.
 
-    Implementation: every one of these computes the same function.
+    Implementation: every one of these computes the same function, Inf and
+    NaN inputs included (they reach exactly the outputs Eq. 3 makes
+    non-finite).
         implementation: `"auto"` (default: measured per input shape and
             cached, see `psconv_tf.autotune`; with PSCONV_TF_AUTOTUNE=0 or
             where nothing was measured, `"masked"` for layers of at most
@@ -99,7 +82,10 @@ class PSConv2D(keras.layers.Layer):
             each run in all layer groups at once;
             `"grouped"`: one grouped convolution per rate and branch shape;
             `"masked"`: one convolution per rate over all channels with the
-            kernel masked to that rate (more MACs, fewest ops; tiny layers);
+            kernel masked to that rate (more MACs, fewest ops; tiny layers),
+            plus a run-time check for Inf and NaN inputs; where a branch
+            cannot be traced (`autotune.branch_free()`, which exports use,
+            and `torch.compile`) it runs as `"split"`;
             `"grouped_s2b"`: `"grouped"`, dilation run as space-to-batch at
             stride 1 (fast backward passes for few channels per group);
             `"fused"` (JAX backend only): one Pallas kernel per pass
@@ -114,6 +100,16 @@ class PSConv2D(keras.layers.Layer):
     With a pattern, input channels must be divisible by groups * t (where
     rates vary along inputs) and filters by groups * t (where they vary along
     filters).
+
+    Bounds: `kernel_size`, `strides` and every rate (`pattern` or
+    `dilation_matrix` entries times `dilation_rate`) are at most 1024, and a
+    layer has at most 2**24 kernels (filters x input channels). With padding
+    "same" or "symmetric", the largest rate's span rate x (kernel_size - 1)
+    may be at most max(64, 4 x the input's height) along the height, and
+    alike along the width, checked wherever the input's size is known (at
+    build and at every call): beyond it the padding, not the input, would
+    fill the kernels. Beyond a bound the layer raises a ValueError naming
+    the arguments, before allocating anything.
 
     With strides, a rate that is a multiple of the stride runs as a conv at
     rate / stride over the subsampled input; any other rate > 1 (say 3 at
@@ -156,12 +152,12 @@ class PSConv2D(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if not _is_positive_int(filters):
+        if not arguments.is_positive_int(filters):
             raise ValueError(
                 "Argument `filters` must be a positive integer. "
                 f"Received: filters={filters!r}"
             )
-        if not _is_positive_int(groups):
+        if not arguments.is_positive_int(groups):
             raise ValueError(
                 "Argument `groups` must be a positive integer. "
                 f"Received: groups={groups!r}"
@@ -186,9 +182,9 @@ class PSConv2D(keras.layers.Layer):
         self.implementation = implementation
         self.filters = int(filters)
         self.groups = int(groups)
-        self.kernel_size = _standardize_pair(kernel_size, "kernel_size")
-        self.strides = _standardize_pair(strides, "strides")
-        self.dilation_rate = _standardize_pair(dilation_rate, "dilation_rate")
+        self.kernel_size = arguments.pair(kernel_size, "kernel_size")
+        self.strides = arguments.pair(strides, "strides")
+        self.dilation_rate = arguments.pair(dilation_rate, "dilation_rate")
         if self.dilation_rate[0] != self.dilation_rate[1]:
             raise ValueError(
                 "Argument `dilation_rate` must be the same along height and "
@@ -226,7 +222,7 @@ class PSConv2D(keras.layers.Layer):
                     f"{self._rates_given.shape}."
                 )
             self.pattern = self.cyclic = self.layout = None
-            self._check_kernel_centres()
+            self._check_rates()
             self._init_weights_arguments(locals())
             return
         self._rates_given = None
@@ -246,7 +242,7 @@ class PSConv2D(keras.layers.Layer):
             )
         self.cyclic = cyclic
         self.layout = layout
-        self._check_kernel_centres()
+        self._check_rates()
         self._init_weights_arguments(locals())
 
     def _init_weights_arguments(self, arguments):
@@ -269,7 +265,14 @@ class PSConv2D(keras.layers.Layer):
             return tuple(int(r) * base for r in np.unique(given[given > 0]))
         return tuple(sorted({rate * base for rate in self.pattern}))
 
-    def _check_kernel_centres(self):
+    @property
+    def _rates_arguments(self):
+        """The arguments that set the rates, for error messages."""
+        source = "`pattern`" if self._rates_given is None else "`dilation_matrix`"
+        return f"{source} x `dilation_rate`"
+
+    def _check_rates(self):
+        lattice.check_rates(max(self.rates), self._rates_arguments)
         # With an even kernel, rates of different parity have no common centre.
         largest = max(self.rates)
         for size in self.kernel_size:
@@ -304,6 +307,8 @@ class PSConv2D(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(
             ndim=4, axes={channel_axis: in_channels}
         )
+        lattice.check_kernels(self.filters, in_channels)
+        self.compute_output_shape(input_shape)
         if self._rates_given is not None:
             if in_channels % self.groups:
                 raise ValueError(
@@ -329,8 +334,12 @@ class PSConv2D(keras.layers.Layer):
             )
         self._plan = lattice.compile_plan(self._matrix, self.groups)
         self._in_channels = in_channels
-        self._executors = {}
-        self.compute_output_shape(input_shape)
+        # Every implementation's executor now, not at a first call that
+        # a trace (torch.compile) would have to follow through NumPy.
+        names = set(autotune.candidates()) | {self.implementation} - {"auto"}
+        self._executors = {
+            name: self._make_executor(name, in_channels) for name in sorted(names)
+        }
         self.kernel = self.add_weight(
             name="kernel",
             shape=self.kernel_size + (in_channels // self.groups, self.filters),
@@ -349,6 +358,7 @@ class PSConv2D(keras.layers.Layer):
             )
 
     def call(self, inputs, training=None):
+        self._check_inputs(inputs)
         transpose = self._compute_format != self.data_format
         if transpose:
             inputs = ops.transpose(inputs, (0, 2, 3, 1))
@@ -363,11 +373,21 @@ class PSConv2D(keras.layers.Layer):
             outputs = self.activation(outputs)
         return outputs
 
+    def _check_inputs(self, inputs):
+        """Refuses integer inputs, as `Conv2D` on TensorFlow does but with a
+        message, and sizes beyond the span bound (`compute_output_shape`)."""
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        if "float" not in dtype:
+            raise ValueError(
+                f"{type(self).__name__} expects floating-point inputs. "
+                f"Received: inputs of dtype {dtype}. Cast them first, e.g. "
+                "keras.ops.cast(inputs, 'float32')."
+            )
+        self.compute_output_shape(tuple(inputs.shape))
+
     def _convolve(self, inputs, training):
         """Eq. 3 without bias, on inputs in the compute format."""
-        implementation = self.implementation
-        if implementation == "auto":
-            implementation = autotune.choose(self, inputs, bool(training))
+        implementation = autotune.implementation(self, inputs, bool(training))
         return self.implementation_executor(implementation)(inputs, self.kernel)
 
     @property
@@ -382,12 +402,8 @@ class PSConv2D(keras.layers.Layer):
         """`fn(inputs, kernel)`: the layer without bias and activation, in
         the compute format (channels last on TensorFlow), by one of
         `executor.IMPLEMENTATIONS`."""
-        if implementation not in self._executors:
-            run = self._make_executor(implementation, self._in_channels)
-            self._executors[implementation] = (
-                lambda inputs, kernel: run(inputs, kernel, self._compute_format)
-            )
-        return self._executors[implementation]
+        run = self._executors[implementation]
+        return lambda inputs, kernel: run(inputs, kernel, self._compute_format)
 
     def _make_executor(self, implementation, in_channels):
         if implementation == "fused":
@@ -417,21 +433,35 @@ class PSConv2D(keras.layers.Layer):
         return 3 if self._compute_format == "channels_last" else 1
 
     def compute_output_shape(self, input_shape):
+        """The output shape; raises where an axis is too small for "valid"
+        or too small for the span bound (see the class docstring)."""
         spatial = (1, 2) if self.data_format == "channels_last" else (2, 3)
         shape = list(input_shape)
+        largest = max(self.rates)
         for axis, size, stride in zip(spatial, self.kernel_size, self.strides):
             length = shape[axis]
-            if length is None:
-                continue
-            largest = max(self.rates)
+            if not isinstance(length, (int, np.integer)):
+                continue  # unknown here; checked at call when known
+            length = int(length)
             geometry = rate_conv.AxisGeometry(size, stride, largest, self.padding, largest)
+            if self.padding != "valid" and geometry.span > rate_conv.span_limit(length):
+                raise ValueError(
+                    f"The largest rate {largest} of {type(self).__name__} "
+                    f"(set by {self._rates_arguments}) with kernel_size="
+                    f"{self.kernel_size} spans {geometry.span} pixels, more "
+                    f"than max({rate_conv.MIN_SPAN_LIMIT}, "
+                    f"{rate_conv.SPAN_PER_INPUT} x {length}) for inputs of "
+                    f"shape {tuple(input_shape)}: with padding='{self.padding}' "
+                    "the padding would fill its kernels. Lower the rates or "
+                    "kernel_size, or use larger inputs."
+                )
             length = geometry.output_length(length)
             if length <= 0:
                 raise ValueError(
                     f"Input of shape {tuple(input_shape)} is too small for "
-                    f"PSConv2D with kernel_size={self.kernel_size}, "
+                    f"{type(self).__name__} with kernel_size={self.kernel_size}, "
                     f"strides={self.strides}, padding='valid' and largest "
-                    f"rate {max(self.rates)}."
+                    f"rate {largest}."
                 )
             shape[axis] = length
         shape[-1 if self.data_format == "channels_last" else 1] = self.filters
@@ -449,7 +479,7 @@ class PSConv2D(keras.layers.Layer):
         y = sum over rates d of conv(x, dense_kernel * (D == d), rate d).
         """
         self._require_built("dense_kernel")
-        kernel = ops.convert_to_numpy(self.kernel)
+        kernel = self.kernel.numpy()
         in_per_group = kernel.shape[2]
         dense = np.zeros(
             self.kernel_size + (in_per_group * self.groups, self.filters),
@@ -476,6 +506,10 @@ class PSConv2D(keras.layers.Layer):
                 f"`{method}()` needs the layer to be built: call it on an "
                 "input first (the input channels define the lattice)."
             )
+
+    @classmethod
+    def from_config(cls, config):
+        return arguments.from_config(super().from_config, cls.__name__, config)
 
     def get_config(self):
         config = super().get_config()

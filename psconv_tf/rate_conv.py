@@ -14,7 +14,11 @@ must land on the same output grid. This module holds every rule for that:
 - strides with dilation, which TensorFlow cannot differentiate on CPU: along
   an axis whose rate is a multiple of the stride, a conv at rate / stride
   over the input subsampled at the right offset; along any other, a conv at
-  stride 1 whose output is subsampled (stride x that term's MACs).
+  stride 1 whose output is subsampled (stride x that term's MACs);
+- the span bound: `"same"` and `"symmetric"` pad about span = rate * (k - 1)
+  pixels per axis, so a layer refuses (see `span_limit`) a span beyond
+  max(MIN_SPAN_LIMIT, SPAN_PER_INPUT x the input's length) there: past it the
+  padding, not the input, fills the kernel and memory grows with the rate.
 
 `RateConv(...)(inputs, kernel)` applies them; the kernel may be grouped.
 """
@@ -26,6 +30,17 @@ from keras import ops
 from psconv_tf import conv_ops
 
 PADDINGS = ("valid", "same", "symmetric")
+# The span bound (module docstring): a span of up to 64 pixels is allowed on
+# any input (ResNets on 32-pixel images reach 1-pixel maps), up to 4 times
+# the input's length beyond that.
+MIN_SPAN_LIMIT = 64
+SPAN_PER_INPUT = 4
+
+
+def span_limit(length):
+    """The largest span rate * (kernel - 1) allowed on an axis of `length`
+    with padding "same" or "symmetric"."""
+    return max(MIN_SPAN_LIMIT, SPAN_PER_INPUT * length)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -124,3 +124,33 @@ def psconv(x, dense_kernel, matrix, strides, padding, bias=None):
     if bias is not None:
         y = y + bias
     return y
+
+
+def psconv_exact(x, dense_kernel, matrix, strides, padding, bias=None):
+    """Eq. 3 in float64 kernel by kernel: every filter sums only the input
+    channels it has a kernel for, each at its own rate, so a non-finite
+    input reaches exactly the outputs that Eq. 3 makes non-finite (`psconv`
+    multiplies the other rates' zero kernels with it too)."""
+    x = np.asarray(x, np.float64)
+    dense_kernel = np.asarray(dense_kernel, np.float64)
+    largest = matrix.max()
+    outputs = []
+    for c in range(matrix.shape[0]):
+        y = 0.0
+        for rate in np.unique(matrix[c][matrix[c] > 0]):
+            channels = np.flatnonzero(matrix[c] == rate)
+            pads = [
+                rate_pads(x.shape[axis], dense_kernel.shape[i], strides[i], rate,
+                          padding, largest)
+                for i, axis in enumerate((1, 2))
+            ]
+            with np.errstate(invalid="ignore"):  # inf - inf is NaN, as meant
+                y = y + conv_valid(
+                    _pad(x[..., channels], pads),
+                    dense_kernel[:, :, channels, c : c + 1], strides, rate,
+                )
+        outputs.append(y)
+    y = np.concatenate(outputs, axis=-1)
+    if bias is not None:
+        y = y + bias
+    return y

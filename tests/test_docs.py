@@ -37,10 +37,14 @@ DOCTEST_MODULES = (
     "psconv_tf.training",
     "psconv_tf.training.cli",
     "psconv_tf.training.configs",
+    "psconv_tf.training.errors",
     "psconv_tf.training.image_data",
     "psconv_tf.training.optimizer",
     "psconv_tf.training.run_config",
+    "psconv_tf.training.run_lock",
+    "psconv_tf.training.run_log",
     "psconv_tf.training.schedules",
+    "psconv_tf.training.stopping",
     "psconv_tf.training.strategy",
 )
 

@@ -214,6 +214,28 @@ def test_training_output_is_eq3_in_float64(strides, groups, padding):
     np.testing.assert_array_equal(layer.dilation_matrix(), numpy_rates(layer))
 
 
+@pytest.mark.parametrize("strides, groups, padding", [(1, 1, "same"), (2, 2, "valid")])
+def test_non_finite_inputs_propagate_as_eq3(strides, groups, padding):
+    """Inf and NaN pixels reach exactly the outputs that Eq. 3 makes
+    non-finite: the two masked convolutions add no Inf * 0."""
+    layer = DynamicPSConv2D(8, 3, strides=strides, padding=padding, groups=groups,
+                            rates=(1, 3), mask_initializer="random")
+    x = RNG.normal(size=(2, 13, 13, 8))
+    x[0, 5, 6, 3], x[1, 2, 2, 5], x[0, 9, 3, 0] = np.inf, -np.inf, np.nan
+    layer.build(x.shape)
+    randomize_factors(layer, RNG)
+    y = ops.convert_to_numpy(layer(x.astype("float32"), training=True))
+    dense = reference.dense_from_grouped(layer.kernel.numpy().astype(np.float64), groups)
+    expected = reference.psconv_exact(
+        x, dense, numpy_rates(layer), (strides, strides), padding, layer.bias.numpy()
+    )
+    assert np.isnan(expected).any() and np.isinf(expected).any()
+    for kind in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(kind(y), kind(expected), err_msg=kind.__name__)
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(y[finite], expected[finite], rtol=1e-4, atol=1e-4)
+
+
 def test_channels_first_equals_channels_last():
     x = RNG.normal(size=(2, 9, 9, 8)).astype("float32")
     last = DynamicPSConv2D(8, 3, padding="same", mask_initializer="random")

@@ -120,8 +120,6 @@ def test_a_truncated_weights_file_is_one_line(preset, tmp_path):
     assert "\n" not in str(raised.value)
 
 
-@pytest.mark.xfail(strict=True, reason="enable once PSConv2D validates its rates: the "
-                   "constructor accepts pattern=(2**31,) today")
 @pytest.mark.parametrize("change", [dict(pattern=[2147483648]),
                                    dict(dilation_rate=[1000000000, 1000000000])])
 def test_crafted_rates_in_a_preset_are_one_line(preset, tmp_path, change):

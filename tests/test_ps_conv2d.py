@@ -112,7 +112,7 @@ def _blocked_lattice(config):
 
 
 def _reference_output(layer, config, x):
-    kernel, *bias = [ops.convert_to_numpy(w) for w in layer.weights]
+    kernel, *bias = [w.numpy() for w in layer.weights]
     dense = reference.dense_from_grouped(kernel.astype(np.float64), config["groups"])
     return reference.psconv(
         x, dense, _expected_matrix(config), config["strides"], config["padding"],
@@ -163,7 +163,7 @@ def test_gradients_match_reference(config, implementation):
     """
     layer, x, layer_x = _layer_and_input(config, implementation=implementation)
     rng = np.random.default_rng(1)
-    kernel = ops.convert_to_numpy(layer.kernel).astype(np.float64)
+    kernel = layer.kernel.numpy().astype(np.float64)
     y_shape = _reference_output(layer, config, x).shape
     cotangent = rng.normal(size=y_shape)
     grad_x, grad_kernel = _layer_gradients(layer, layer_x, cotangent, config)
@@ -310,7 +310,7 @@ def test_layouts_are_one_function_up_to_channel_permutation():
 def test_dense_kernel_places_grouped_kernels():
     layer = PSConv2D(8, 3, groups=2, pattern=(1, 2))
     layer.build((None, 9, 9, 4))
-    kernel = ops.convert_to_numpy(layer.kernel)
+    kernel = layer.kernel.numpy()
     dense = layer.dense_kernel()
     assert dense.shape == (3, 3, 4, 8)
     np.testing.assert_array_equal(dense, reference.dense_from_grouped(kernel, 2))
@@ -447,9 +447,43 @@ def test_native_conv2d_equals_conv2d(strides, padding):
     native.build(x.shape)
     expected = reference.conv_valid(
         reference._pad(x.astype(np.float64), [(1, 1)] * 2 if padding == "same" else [(0, 0)] * 2),
-        reference.dense_from_grouped(ops.convert_to_numpy(native.kernel), 4),
+        reference.dense_from_grouped(native.kernel.numpy(), 4),
         (strides, strides), 1,
-    ) + ops.convert_to_numpy(native.bias)
+    ) + native.bias.numpy()
     _assert_close(ops.convert_to_numpy(native(x)), expected)
     clone = keras.layers.deserialize(keras.layers.serialize(native))
     assert type(clone) is NativeConv2D and clone.get_config() == native.get_config()
+
+
+def _assert_same_non_finite(actual, expected):
+    for kind in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(kind(actual), kind(expected), err_msg=kind.__name__)
+    finite = np.isfinite(expected)
+    _assert_close(actual[finite], expected[finite])
+
+
+@pytest.mark.parametrize("implementation", ("auto",) + IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    "padding, strides, groups, data_format",
+    [("same", 1, 1, "channels_last"), ("symmetric", 2, 2, "channels_last"),
+     ("valid", 1, 2, "channels_first")],
+)
+def test_non_finite_inputs_propagate_as_eq3(padding, strides, groups, data_format, implementation):
+    """One +Inf, one -Inf and one NaN pixel reach exactly the outputs whose
+    kernels read them at their own rate, with Eq. 3's sign (no Inf * 0 from
+    the kernels of other rates)."""
+    x = np.random.default_rng(8).normal(size=(2, 13, 13, 8))
+    x[0, 5, 6, 3], x[0, 2, 2, 5], x[1, 9, 3, 0] = np.inf, -np.inf, np.nan
+    x[1, 6, 6, 2] = x[1, 6, 7, 2] = np.inf  # terms of both infinities meet
+    x[1, 6, 8, 6] = -np.inf
+    layer = PSConv2D(8, 3, strides=strides, padding=padding, groups=groups,
+                     data_format=data_format, implementation=implementation)
+    layer_x = x if data_format == "channels_last" else x.transpose(0, 3, 1, 2)
+    y = _to_channels_last(layer(layer_x.astype("float32")), dict(data_format=data_format))
+    kernel, bias = [w.numpy().astype(np.float64) for w in layer.weights]
+    expected = reference.psconv_exact(
+        x, reference.dense_from_grouped(kernel, groups), layer.dilation_matrix(),
+        layer.strides, padding, bias,
+    )
+    assert np.isnan(expected).any() and np.isposinf(expected).any()
+    _assert_same_non_finite(y, expected)

@@ -74,8 +74,8 @@ def _layer_and_input(case, seed=0, implementation="auto"):
 
 def _reference(layer, case, rates, x, kernel=None):
     if kernel is None:
-        kernel = ops.convert_to_numpy(layer.kernel).astype(np.float64)
-    bias = ops.convert_to_numpy(layer.bias).astype(np.float64)
+        kernel = layer.kernel.numpy().astype(np.float64)
+    bias = layer.bias.numpy().astype(np.float64)
     # Block form of the rates, built independently of the library.
     full = np.zeros((case.filters, case.in_channels), np.int64)
     n_out, n_in = case.filters // case.groups, case.in_channels // case.groups
@@ -111,7 +111,7 @@ def test_gradients_match_reference(case, implementation):
     cotangent = rng.normal(size=expected.shape)
     config = dict(data_format=case.data_format)
     grad_x, grad_kernel = _layer_gradients(layer, layer_x, cotangent, config)
-    kernel = ops.convert_to_numpy(layer.kernel).astype(np.float64)
+    kernel = layer.kernel.numpy().astype(np.float64)
 
     def loss(inputs, kern):
         return float((_reference(layer, case, rates, inputs, kern)[0] * cotangent).sum())

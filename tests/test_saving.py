@@ -195,8 +195,6 @@ def test_load_model_names_a_damaged_file(small_file, tmp_path, damage, message):
     assert str(path) in str(raised.value) and "\n" not in str(raised.value)
 
 
-@pytest.mark.xfail(strict=True, reason="enable once PSConv2D validates its rates: the "
-                   "constructor accepts pattern=(2**31,) today")
 def test_crafted_rates_in_a_keras_file_are_one_line(small_file, tmp_path):
     def change(config):
         layer = next(layer for layer in config["config"]["layers"]

@@ -5,6 +5,7 @@ import re
 import keras
 import numpy as np
 
+from psconv_tf import autotune
 from psconv_tf import files
 from psconv_tf.export.errors import ExportError
 from psconv_tf.training.preprocessing import IMAGENET_MEAN
@@ -144,6 +145,9 @@ def output_names(model):
     return names
 
 
+# No data-dependent branch in the graph: TFLite's int8 calibration cannot
+# quantize one (see `autotune.branch_free`).
+@autotune.branch_free()
 def export_saved_model(model, directory, **serving_options):
     """Writes `model` as a SavedModel with a `serving_default` signature.
 
