@@ -62,7 +62,7 @@ import numpy as np  # noqa: E402
 import psconv_tf  # noqa: E402
 from psconv_tf import PSConv2D  # noqa: E402
 from psconv_tf import models  # noqa: E402
-from psconv_tf import ps_conv2d  # noqa: E402
+from psconv_tf.layers import ps_conv2d  # noqa: E402
 
 # (channels, spatial size): the 3x3 convolutions of ResNet-50, then small ones.
 RESNET50_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))

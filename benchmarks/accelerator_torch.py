@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from psconv_tf import PSConv2D  # noqa: E402
-from psconv_tf import executor  # noqa: E402
+from psconv_tf.engine import executor  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PS_IMPLEMENTATIONS = executor.IMPLEMENTATIONS

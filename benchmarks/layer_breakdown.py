@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import timing  # noqa: E402
 from psconv_tf import NativeConv2D  # noqa: E402
 from psconv_tf import PSConv2D  # noqa: E402
-from psconv_tf import rate_conv  # noqa: E402
+from psconv_tf.engine import rate_conv  # noqa: E402
 
 CASES = ("8,128,56,32,split", "8,128,56,32,masked", "32,16,28,1,split",
          "32,16,28,1,masked")

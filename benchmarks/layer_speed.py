@@ -36,7 +36,7 @@ import timing  # noqa: E402
 from psconv_tf import PSConv2D  # noqa: E402
 
 try:
-    from psconv_tf import autotune  # noqa: E402
+    from psconv_tf.engine import autotune  # noqa: E402
 except ImportError:  # versions without the tuner
     autotune = None
 

@@ -7,7 +7,7 @@ sum(y ** 2) (see `timing.py`) and every figure is a ratio of medians to the
 padding "same", no bias):
 - conv3x3: `NativeConv2D(C, 3)`, the reference;
 - dilated / dilated_s2b: `NativeConv2D(C, 3, dilation_rate=2)` with XLA's own
-  gradient / with `psconv_tf.tf_dilation`'s (PSCONV_TF_DILATION_GRADIENT set
+  gradient / with `psconv_tf.engine.tf_dilation`'s (PSCONV_TF_DILATION_GRADIENT set
   to "native" / "space_to_batch" while the step is traced);
 - psconv / psconv_s2b: `PSConv2D(C, 3)` (pattern (1, 2, 1, 4), the
   implementation --implementation names) the same two ways.
@@ -32,8 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import timing  # noqa: E402
 from psconv_tf import NativeConv2D  # noqa: E402
 from psconv_tf import PSConv2D  # noqa: E402
-from psconv_tf import tf_dilation  # noqa: E402
-from psconv_tf.executor import IMPLEMENTATIONS  # noqa: E402
+from psconv_tf.engine import tf_dilation  # noqa: E402
+from psconv_tf.engine.executor import IMPLEMENTATIONS  # noqa: E402
 
 VARIANTS = ("conv3x3", "dilated", "dilated_s2b", "psconv", "psconv_s2b")
 

@@ -30,7 +30,7 @@ from psconv_tf import models
 from psconv_tf.training import configs
 from psconv_tf.training import image_data
 from psconv_tf.training import preprocessing
-from psconv_tf.training import strategy as strategies
+from psconv_tf.runtime import strategy as strategies
 from psconv_tf.training.trainer import RunOptions
 from psconv_tf.training.trainer import Trainer
 

@@ -14,9 +14,9 @@ import os
 
 import keras
 
-from psconv_tf.dynamic_ps_conv2d import DynamicPSConv2D
-from psconv_tf.native_conv import NativeConv2D
-from psconv_tf.ps_conv2d import PSConv2D
+from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
+from psconv_tf.layers.native_conv import NativeConv2D
+from psconv_tf.layers.ps_conv2d import PSConv2D
 
 CONV_TYPES = ("standard", "psconv", "dynamic")
 BATCH_NORM = dict(momentum=0.9, epsilon=1e-5)  # PyTorch's defaults

@@ -2,10 +2,10 @@
 
 import keras
 
-from psconv_tf import lattice
+from psconv_tf.engine import lattice
 from psconv_tf.inspection import layers_of
-from psconv_tf.native_conv import NativeConv2D
-from psconv_tf.ps_conv2d import PSConv2D
+from psconv_tf.layers.native_conv import NativeConv2D
+from psconv_tf.layers.ps_conv2d import PSConv2D
 
 # Convolutions that convert: Keras' own, and the zoo's grouped twin of it.
 PLAIN_CONVS = (keras.layers.Conv2D, NativeConv2D)

@@ -4,9 +4,9 @@ import keras
 
 from psconv_tf.convert import _inputs_like
 from psconv_tf.convert import _is_graph_model
-from psconv_tf.dynamic_ps_conv2d import DynamicPSConv2D
+from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
 from psconv_tf.inspection import layers_of
-from psconv_tf.ps_conv2d import PSConv2D
+from psconv_tf.layers.ps_conv2d import PSConv2D
 
 # Arguments of DynamicPSConv2D that PSConv2D does not take.
 _DYNAMIC_ARGUMENTS = (

@@ -3,8 +3,8 @@
 import keras
 import numpy as np
 
-from psconv_tf.dynamic_ps_conv2d import DynamicPSConv2D
-from psconv_tf.ps_conv2d import PSConv2D
+from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
+from psconv_tf.layers.ps_conv2d import PSConv2D
 
 
 def layers_of(model):

@@ -4,9 +4,9 @@ import math
 
 import keras
 
-from psconv_tf.dynamic_ps_conv2d import DynamicPSConv2D
+from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
 from psconv_tf.inspection import layers_of
-from psconv_tf.ps_conv2d import PSConv2D
+from psconv_tf.layers.ps_conv2d import PSConv2D
 
 
 def profile(model, input_shape=None):

@@ -2,7 +2,7 @@
 
 import keras
 
-from psconv_tf.dynamic_ps_conv2d import DynamicPSConv2D
+from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
 from psconv_tf.inspection import ps_layers
 
 

@@ -11,9 +11,9 @@ import pytest
 from keras import ops
 
 from psconv_tf import PSConv2D
-from psconv_tf import autotune
-from psconv_tf import autotune_cache
-from psconv_tf.executor import IMPLEMENTATIONS
+from psconv_tf.engine import autotune
+from psconv_tf.engine import autotune_cache
+from psconv_tf.engine.executor import IMPLEMENTATIONS
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ import functools, os, sys
 import numpy as np, keras, torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 import psconv_tf
-from psconv_tf import autotune
+from psconv_tf.engine import autotune
 
 # TorchDynamo and AOTAutograd trace on fake tensors as with the default
 # backend; only Inductor's code generation (minutes on 2 cores) is left out.

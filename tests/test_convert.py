@@ -153,7 +153,7 @@ def test_what_cannot_be_converted_is_explained(make_model, predicate, message):
 def test_zoo_grouped_twin_convs_convert_with_their_kernels():
     """The zoo's standard ResNeXt twins use NativeConv2D for grouped 3x3
     convs; convert() treats it as the Conv2D it is."""
-    from psconv_tf.native_conv import NativeConv2D
+    from psconv_tf.layers.native_conv import NativeConv2D
 
     inputs = keras.Input((12, 12, 16))
     native = NativeConv2D(16, 3, padding="same", groups=2, use_bias=False, name="g")

@@ -14,10 +14,10 @@ from psconv_tf.detection import coco_lib
 from psconv_tf.detection import segmentation
 from psconv_tf.detection import synthetic
 from psconv_tf.training import cli
-from psconv_tf.training import ownership
-from psconv_tf.training.errors import InputError
-from psconv_tf.training.errors import NotARunFolderError
-from psconv_tf.training.errors import RunFolderInUseError
+from psconv_tf.runtime import ownership
+from psconv_tf.runtime.errors import InputError
+from psconv_tf.runtime.errors import NotARunFolderError
+from psconv_tf.runtime.errors import RunFolderInUseError
 from psconv_tf.training.stopping import StopSignals
 from psconv_tf.training.stopping import TrainingStopped
 

@@ -15,7 +15,7 @@ from keras import ops
 import reference
 from psconv_tf import DynamicPSConv2D
 from psconv_tf import PSConv2D
-from psconv_tf.kronecker_mask import binarize
+from psconv_tf.layers.kronecker_mask import binarize
 
 RNG = np.random.default_rng(0)
 # Gradients are taken with tf.GradientTape; the rest runs on every backend

@@ -21,14 +21,14 @@ import reference
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
-from psconv_tf import autotune  # noqa: E402
-from psconv_tf import conv_ops  # noqa: E402
-from psconv_tf import executor  # noqa: E402
-from psconv_tf import explicit_matrix  # noqa: E402
-from psconv_tf import fused_conv  # noqa: E402
-from psconv_tf import fused_executor  # noqa: E402
-from psconv_tf import lattice  # noqa: E402
-from psconv_tf import rate_conv  # noqa: E402
+from psconv_tf.engine import autotune  # noqa: E402
+from psconv_tf.engine import conv_ops  # noqa: E402
+from psconv_tf.engine import executor  # noqa: E402
+from psconv_tf.engine import explicit_matrix  # noqa: E402
+from psconv_tf.engine import fused_conv  # noqa: E402
+from psconv_tf.engine import fused_executor  # noqa: E402
+from psconv_tf.engine import lattice  # noqa: E402
+from psconv_tf.engine import rate_conv  # noqa: E402
 from psconv_tf import PSConv2D  # noqa: E402
 
 

@@ -12,7 +12,7 @@ import pytest
 from psconv_tf import PSConv2D
 from psconv_tf import hub
 from psconv_tf import models
-from psconv_tf.weights import load_torch
+from psconv_tf.checkpoints.loading import load_torch
 from torch_layout import state_dict_of
 
 SIZE = 32

@@ -11,7 +11,7 @@ import pytest
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
-from psconv_tf import jax_dilation  # noqa: E402
+from psconv_tf.engine import jax_dilation  # noqa: E402
 
 
 def _native(inputs, kernel, rates, groups, data_format):

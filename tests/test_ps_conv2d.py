@@ -9,7 +9,7 @@ from keras import ops
 
 import reference
 from psconv_tf import PSConv2D
-from psconv_tf.executor import IMPLEMENTATIONS
+from psconv_tf.engine.executor import IMPLEMENTATIONS
 
 PATTERNS = {2: (1, 2), 4: (1, 2, 1, 4), 8: (1, 1, 2, 1, 1, 3, 1, 4)}
 

@@ -9,7 +9,7 @@ from keras import ops
 
 import reference
 from psconv_tf import PSConv2D
-from psconv_tf.executor import IMPLEMENTATIONS
+from psconv_tf.engine.executor import IMPLEMENTATIONS
 from test_ps_conv2d import _assert_close
 from test_ps_conv2d import _layer_gradients
 

@@ -19,7 +19,7 @@ import reference
 from psconv_tf import DynamicPSConv2D
 from psconv_tf import NativeConv2D
 from psconv_tf import PSConv2D
-from psconv_tf.executor import IMPLEMENTATIONS
+from psconv_tf.engine.executor import IMPLEMENTATIONS
 
 pytestmark = pytest.mark.tensorflow  # the tape; TensorFlow's CPU kernels
 

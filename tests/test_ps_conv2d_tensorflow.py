@@ -6,7 +6,7 @@ import pytest
 
 import reference
 from psconv_tf import PSConv2D
-from psconv_tf.executor import IMPLEMENTATIONS
+from psconv_tf.engine.executor import IMPLEMENTATIONS
 
 tf = pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.skipif(

@@ -14,7 +14,7 @@ import pytest
 import reference
 from psconv_tf import DynamicPSConv2D
 from psconv_tf import PSConv2D
-from psconv_tf.executor import IMPLEMENTATIONS
+from psconv_tf.engine.executor import IMPLEMENTATIONS
 
 tf = pytest.importorskip("tensorflow")
 pytestmark = [
@@ -23,7 +23,7 @@ pytestmark = [
                        reason="TensorFlow backend only"),
 ]
 
-from psconv_tf import tf_dilation  # noqa: E402
+from psconv_tf.engine import tf_dilation  # noqa: E402
 
 FORMATS = {"channels_last": "NHWC", "channels_first": "NCHW"}
 
@@ -31,7 +31,7 @@ FORMATS = {"channels_last": "NHWC", "channels_first": "NCHW"}
 # ((4, 2) is rate 4 at strides (1, 2)), sizes that are not multiples of the
 # rates, an even kernel with an odd span (so "same" pads unevenly) and a
 # one-dimensional one. The layer's explicit paddings reach the op as a pad
-# and "valid" (psconv_tf.conv_ops).
+# and "valid" (psconv_tf.engine.conv_ops).
 CASES = [
     ((2, 2), (3, 3), 1, (11, 9), "valid"),
     ((4, 4), (3, 3), 2, (17, 14), "same"),

@@ -18,7 +18,7 @@ import training_helpers
 from psconv_tf.training import image_data
 from psconv_tf.training import preprocessing
 from psconv_tf.training import small_data
-from psconv_tf.training.errors import InputError
+from psconv_tf.runtime.errors import InputError
 
 pytestmark = pytest.mark.tensorflow
 

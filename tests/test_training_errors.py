@@ -19,8 +19,8 @@ import training_helpers
 from psconv_tf.training import cli
 from psconv_tf.training import configs
 from psconv_tf.training import small_data
-from psconv_tf.training.errors import InputError
-from psconv_tf.training.errors import RunWriteError
+from psconv_tf.runtime.errors import InputError
+from psconv_tf.runtime.errors import RunWriteError
 from psconv_tf.training.trainer import RunOptions
 from psconv_tf.training.trainer import Trainer
 from training_helpers import imagenet_args

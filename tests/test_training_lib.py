@@ -13,9 +13,9 @@ import training_helpers
 from psconv_tf.training import configs
 from psconv_tf.training import optimizer as optimizers
 from psconv_tf.training import schedules
-from psconv_tf.training import strategy as strategies
+from psconv_tf.runtime import strategy as strategies
 from psconv_tf.training import trainer as trainer_lib
-from psconv_tf.training.errors import InputError
+from psconv_tf.runtime.errors import InputError
 
 pytestmark = pytest.mark.tensorflow
 

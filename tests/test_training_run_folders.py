@@ -17,11 +17,11 @@ import tensorflow as tf
 import training_helpers
 from psconv_tf.training import cli
 from psconv_tf.training import configs
-from psconv_tf.training import ownership
+from psconv_tf.runtime import ownership
 from psconv_tf.training import run_config
-from psconv_tf.training import run_lock
-from psconv_tf.training.errors import NotARunFolderError
-from psconv_tf.training.errors import RunFolderInUseError
+from psconv_tf.runtime import run_lock
+from psconv_tf.runtime.errors import NotARunFolderError
+from psconv_tf.runtime.errors import RunFolderInUseError
 from psconv_tf.training.trainer import RunOptions
 from psconv_tf.training.trainer import Trainer
 from training_helpers import imagenet_args
@@ -196,7 +196,8 @@ def test_a_run_folder_of_the_previous_release_resumes(tmp_path):
 
 HOLD = """
 import sys, time
-from psconv_tf.training import ownership, run_config
+from psconv_tf.runtime import ownership
+from psconv_tf.training import run_config
 with ownership.claim(sys.argv[1], run_config.KIND):
     print("holding", flush=True)
     time.sleep(600)

@@ -16,8 +16,8 @@ import tensorflow as tf
 
 import training_helpers
 from psconv_tf.training import configs
-from psconv_tf import files
-from psconv_tf.training.errors import NonFiniteLossError
+from psconv_tf.runtime import files
+from psconv_tf.runtime.errors import NonFiniteLossError
 from psconv_tf.training.run_log import Progress
 from psconv_tf.training.trainer import RunOptions
 from psconv_tf.training.trainer import Trainer
@@ -173,7 +173,7 @@ def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch, failure
 SAVE_LOOP = """
 import sys
 import keras
-from psconv_tf import files
+from psconv_tf.runtime import files
 model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(512), keras.layers.Dense(512)])
 print("ready", flush=True)
 while True:

@@ -20,4 +20,4 @@ def test_the_same_warning_from_project_code_is_shown():
     with pytest.warns(DeprecationWarning, match="__array__ implementation"):
         warnings.warn_explicit(
             "__array__ implementation doesn't accept a copy keyword", DeprecationWarning,
-            "psconv_tf/weights.py", 1, module="psconv_tf.weights")
+            "psconv_tf/checkpoints/loading.py", 1, module="psconv_tf.checkpoints.loading")

@@ -17,8 +17,8 @@ from psconv_tf import PSConv2D
 from psconv_tf import models
 from psconv_tf.models.resnet import ResNet
 from psconv_tf.models.resnet import imagenet_stages
-from psconv_tf.weights import load_torch
-from psconv_tf.weights import official_dense_kernel
+from psconv_tf.checkpoints.loading import load_torch
+from psconv_tf.checkpoints.loading import official_dense_kernel
 
 TOLERANCE = 1e-5
 SMALL_BLOCKS = (1, 1, 1, 1)

@@ -33,17 +33,17 @@ import os
 
 import numpy as np
 
-from psconv_tf import files
+from psconv_tf.runtime import files
 from psconv_tf.training import classification
 from psconv_tf.training import cli
 from psconv_tf.training import configs
-from psconv_tf.training import ownership
+from psconv_tf.runtime import ownership
 from psconv_tf.training import run_config
 from psconv_tf.training import small_data
-from psconv_tf.training.errors import InputError
-from psconv_tf.training.errors import writing
+from psconv_tf.runtime.errors import InputError
+from psconv_tf.runtime.errors import writing
 from psconv_tf.training.run_log import summary_line
-from psconv_tf.training.strategy import worker_output_dir
+from psconv_tf.runtime.strategy import worker_output_dir
 
 SCRIPT = "cifar"
 SUMMARY_FILE = "summary.json"

@@ -30,7 +30,7 @@ import argparse
 
 from psconv_tf.detection import coco_lib
 from psconv_tf.training import cli
-from psconv_tf.training import strategy as strategies
+from psconv_tf.runtime import strategy as strategies
 
 
 def build_parser():

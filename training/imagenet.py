@@ -49,9 +49,9 @@ from psconv_tf.training import classification
 from psconv_tf.training import cli
 from psconv_tf.training import configs
 from psconv_tf.training import image_data
-from psconv_tf.training import ownership
+from psconv_tf.runtime import ownership
 from psconv_tf.training import run_config
-from psconv_tf.training.errors import InputError
+from psconv_tf.runtime.errors import InputError
 from psconv_tf.training.run_config import RunConfig
 from psconv_tf.training.run_log import summary_line
 

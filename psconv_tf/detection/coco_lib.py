@@ -25,12 +25,12 @@ from psconv_tf.detection import evaluation
 from psconv_tf.detection import input_pipeline
 from psconv_tf.detection import retinanet
 from psconv_tf.hub import PSResNetBackbone
-from psconv_tf import files
-from psconv_tf.training import ownership
-from psconv_tf.training import strategy as strategies
-from psconv_tf.training.errors import InputError
-from psconv_tf.training.errors import describe_error
-from psconv_tf.training.errors import writing
+from psconv_tf.runtime import files
+from psconv_tf.runtime import ownership
+from psconv_tf.runtime import strategy as strategies
+from psconv_tf.runtime.errors import InputError
+from psconv_tf.runtime.errors import describe_error
+from psconv_tf.runtime.errors import writing
 from psconv_tf.training.stopping import StopSignals
 from psconv_tf.training.stopping import TrainingStopped
 

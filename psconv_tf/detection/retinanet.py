@@ -17,11 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from psconv_tf.detection import evaluation
-from psconv_tf.dynamic_ps_conv2d import DynamicPSConv2D
+from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
 from psconv_tf.hub import PSResNetBackbone
-from psconv_tf.ps_conv2d import PSConv2D
+from psconv_tf.layers.ps_conv2d import PSConv2D
 from psconv_tf.training.optimizer import CoupledWeightDecaySGD
-from psconv_tf.weights import load_torch
+from psconv_tf.checkpoints.loading import load_torch
 
 TORCH_SUFFIXES = (".pth", ".pt")
 OPTIMIZERS = ("sgd", "adam")

@@ -24,8 +24,8 @@ from psconv_tf.detection import input_pipeline
 from psconv_tf.detection import synthetic
 from psconv_tf.hub import PSResNetBackbone
 from psconv_tf.training import cli
-from psconv_tf.training import ownership
-from psconv_tf.training.errors import InputError
+from psconv_tf.runtime import ownership
+from psconv_tf.runtime.errors import InputError
 
 NUM_CLASSES = len(synthetic.CLASSES) + 1  # and the background
 SPLIT_FOLDERS = ("train", "val", "train_masks", "val_masks", "annotations")

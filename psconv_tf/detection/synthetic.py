@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
-from psconv_tf import files
+from psconv_tf.runtime import files
 
 CLASSES = ("square", "disc", "triangle")
 SPLITS = (("train", 0), ("val", 1))

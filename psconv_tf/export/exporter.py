@@ -14,7 +14,7 @@ from psconv_tf.export.sources import read_run_config
 from psconv_tf.export.tflite import QUANTIZATIONS
 from psconv_tf.export.tflite import convert_to_tflite
 from psconv_tf.export.tflite import io_quantization
-from psconv_tf import files
+from psconv_tf.runtime import files
 
 FORMATS = ("saved_model",) + QUANTIZATIONS
 

@@ -5,8 +5,8 @@ import re
 import keras
 import numpy as np
 
-from psconv_tf import autotune
-from psconv_tf import files
+from psconv_tf.engine import autotune
+from psconv_tf.runtime import files
 from psconv_tf.export.errors import ExportError
 from psconv_tf.training.preprocessing import IMAGENET_MEAN
 from psconv_tf.training.preprocessing import IMAGENET_STD

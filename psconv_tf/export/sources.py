@@ -10,7 +10,7 @@ import keras
 from psconv_tf import models
 from psconv_tf.export.errors import ExportError
 from psconv_tf.training import run_config
-from psconv_tf.training.errors import InputError
+from psconv_tf.runtime.errors import InputError
 
 
 def load_model(source, **model_kwargs):

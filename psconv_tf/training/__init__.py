@@ -26,9 +26,9 @@ Modules, one job each:
 
 from psconv_tf.training import configs
 from psconv_tf.training.configs import Recipe
-from psconv_tf.training.errors import InputError
-from psconv_tf.training.errors import NonFiniteLossError
-from psconv_tf.training.errors import ResumeMismatchError
+from psconv_tf.runtime.errors import InputError
+from psconv_tf.runtime.errors import NonFiniteLossError
+from psconv_tf.runtime.errors import ResumeMismatchError
 from psconv_tf.training.optimizer import CoupledWeightDecaySGD
 from psconv_tf.training.optimizer import build_optimizer
 from psconv_tf.training.run_config import Preprocessing
@@ -36,5 +36,5 @@ from psconv_tf.training.run_config import RunConfig
 from psconv_tf.training.run_config import RunFolder
 from psconv_tf.training.run_options import RunOptions
 from psconv_tf.training.schedules import learning_rate_schedule
-from psconv_tf.training.strategy import create_strategy
+from psconv_tf.runtime.strategy import create_strategy
 from psconv_tf.training.trainer import Trainer

@@ -14,9 +14,9 @@ import os
 
 import tensorflow as tf
 
-from psconv_tf.training.errors import InputError
-from psconv_tf.training.errors import describe_error
-from psconv_tf.training.errors import writing
+from psconv_tf.runtime.errors import InputError
+from psconv_tf.runtime.errors import describe_error
+from psconv_tf.runtime.errors import writing
 from psconv_tf.training.run_log import quiet_tensorflow
 
 # Checkpoint entries that are not required to restore (added since the first release).

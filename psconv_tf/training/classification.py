@@ -14,7 +14,7 @@ from psconv_tf import models
 from psconv_tf.training import image_data
 from psconv_tf.training import preprocessing
 from psconv_tf.training import small_data
-from psconv_tf.training.errors import InputError
+from psconv_tf.runtime.errors import InputError
 from psconv_tf.training.run_config import Preprocessing
 from psconv_tf.training.run_config import RunConfig
 from psconv_tf.training.trainer import Trainer

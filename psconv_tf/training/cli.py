@@ -14,17 +14,17 @@ import re
 import signal
 import sys
 
-from psconv_tf import lattice
+from psconv_tf.engine import lattice
 from psconv_tf import models
 from psconv_tf.training import run_config
 from psconv_tf.training import stopping
-from psconv_tf.training import strategy as strategies
+from psconv_tf.runtime import strategy as strategies
 from psconv_tf.training.configs import SCHEDULES
-from psconv_tf.training.errors import InputError
-from psconv_tf.training.errors import NonFiniteLossError
-from psconv_tf.training.errors import NotARunFolderError
-from psconv_tf.training.errors import ResumeMismatchError
-from psconv_tf.training.errors import RunWriteError
+from psconv_tf.runtime.errors import InputError
+from psconv_tf.runtime.errors import NonFiniteLossError
+from psconv_tf.runtime.errors import NotARunFolderError
+from psconv_tf.runtime.errors import ResumeMismatchError
+from psconv_tf.runtime.errors import RunWriteError
 from psconv_tf.training.trainer import RunOptions
 
 # Flags that change how a run executes or reports, not what it is: not

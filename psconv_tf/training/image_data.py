@@ -23,9 +23,9 @@ from typing import Optional
 import tensorflow as tf
 
 from psconv_tf.training import preprocessing
-from psconv_tf.training.errors import InputError
-from psconv_tf.training.errors import describe_error
-from psconv_tf.training.errors import os_error_text
+from psconv_tf.runtime.errors import InputError
+from psconv_tf.runtime.errors import describe_error
+from psconv_tf.runtime.errors import os_error_text
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")

@@ -38,13 +38,13 @@ from typing import Optional
 
 import tensorflow as tf
 
-from psconv_tf import files
-from psconv_tf.training import ownership
+from psconv_tf.runtime import files
+from psconv_tf.runtime import ownership
 from psconv_tf.training.backup import start_over_advice
 from psconv_tf.training.configs import Recipe
-from psconv_tf.training.errors import InputError
-from psconv_tf.training.errors import ResumeMismatchError
-from psconv_tf.training.errors import os_error_text
+from psconv_tf.runtime.errors import InputError
+from psconv_tf.runtime.errors import ResumeMismatchError
+from psconv_tf.runtime.errors import os_error_text
 from psconv_tf.training.run_log import quiet_tensorflow
 
 CONFIG_FILE = "config.json"

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from psconv_tf.training.errors import InputError
+from psconv_tf.runtime.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)

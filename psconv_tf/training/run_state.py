@@ -11,9 +11,9 @@ import keras
 import tensorflow as tf
 
 from psconv_tf.training.backup import Backup
-from psconv_tf.training.errors import InputError
-from psconv_tf.training.errors import NonFiniteLossError
-from psconv_tf.training.errors import writing
+from psconv_tf.runtime.errors import InputError
+from psconv_tf.runtime.errors import NonFiniteLossError
+from psconv_tf.runtime.errors import writing
 from psconv_tf.training.run_log import RunLog
 
 

@@ -17,8 +17,8 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from psconv_tf.training.errors import InputError
-from psconv_tf.training.errors import describe_error
+from psconv_tf.runtime.errors import InputError
+from psconv_tf.runtime.errors import describe_error
 
 AUTOTUNE = tf.data.AUTOTUNE
 

@@ -35,13 +35,13 @@ import warnings
 import keras
 import tensorflow as tf
 
-from psconv_tf import files
-from psconv_tf.training import ownership
+from psconv_tf.runtime import files
+from psconv_tf.runtime import ownership
 from psconv_tf.training import run_config
 from psconv_tf.training.backup import Backup
-from psconv_tf.training.errors import InputError
-from psconv_tf.training.errors import RunWriteError
-from psconv_tf.training.errors import writing
+from psconv_tf.runtime.errors import InputError
+from psconv_tf.runtime.errors import RunWriteError
+from psconv_tf.runtime.errors import writing
 from psconv_tf.training.metrics import classification_metrics
 from psconv_tf.training.metrics import metric_results
 from psconv_tf.training.metrics import update_metrics
@@ -54,9 +54,9 @@ from psconv_tf.training.run_state import read_metrics
 from psconv_tf.training.schedules import learning_rate_schedule
 from psconv_tf.training.stopping import StopSignals
 from psconv_tf.training.stopping import TrainingStopped
-from psconv_tf.training.strategy import dtype_policy
-from psconv_tf.training.strategy import is_multi_worker
-from psconv_tf.training.strategy import worker_output_dir
+from psconv_tf.runtime.strategy import dtype_policy
+from psconv_tf.runtime.strategy import is_multi_worker
+from psconv_tf.runtime.strategy import worker_output_dir
 
 
 class Trainer:

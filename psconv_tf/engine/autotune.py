@@ -49,9 +49,9 @@ import warnings
 import keras
 import numpy as np
 
-from psconv_tf import autotune_cache
-from psconv_tf import conv_ops
-from psconv_tf import executor
+from psconv_tf.engine import autotune_cache
+from psconv_tf.engine import conv_ops
+from psconv_tf.engine import executor
 
 # The default where nothing is measured: "masked" for layers of at most
 # MASKED_KERNELS kernels (in_channels // groups * filters), "split" above.

@@ -6,13 +6,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from psconv_tf import arguments
-from psconv_tf import executor
-from psconv_tf import explicit_matrix
-from psconv_tf import kronecker_mask
-from psconv_tf import lattice
-from psconv_tf import rate_conv
-from psconv_tf.ps_conv2d import PSConv2D
+from psconv_tf.engine import arguments
+from psconv_tf.engine import executor
+from psconv_tf.engine import explicit_matrix
+from psconv_tf.layers import kronecker_mask
+from psconv_tf.engine import lattice
+from psconv_tf.engine import rate_conv
+from psconv_tf.layers.ps_conv2d import PSConv2D
 
 SURROGATES = kronecker_mask.SURROGATES
 MASK_INITIALIZERS = ("lattice", "random")

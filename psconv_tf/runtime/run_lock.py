@@ -17,7 +17,7 @@ error says.
 ...     RunLock(folder).acquire()
 Traceback (most recent call last):
 ...
-psconv_tf.training.errors.RunFolderInUseError: ... is in use by process ...
+psconv_tf.runtime.errors.RunFolderInUseError: ... is in use by process ...
 """
 
 import errno
@@ -29,7 +29,7 @@ import time
 
 import tensorflow as tf
 
-from psconv_tf.training.errors import RunFolderInUseError
+from psconv_tf.runtime.errors import RunFolderInUseError
 
 LOCK_FILE = "psconv_run.lock"
 

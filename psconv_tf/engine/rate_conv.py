@@ -27,7 +27,7 @@ import dataclasses
 
 from keras import ops
 
-from psconv_tf import conv_ops
+from psconv_tf.engine import conv_ops
 
 PADDINGS = ("valid", "same", "symmetric")
 # The span bound (module docstring): a span of up to 64 pixels is allowed on

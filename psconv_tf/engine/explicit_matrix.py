@@ -16,8 +16,8 @@ import re
 
 import numpy as np
 
-from psconv_tf import arguments
-from psconv_tf import lattice
+from psconv_tf.engine import arguments
+from psconv_tf.engine import lattice
 
 # The largest matrix a text may declare, refused before it is allocated.
 MAX_KERNELS = lattice.MAX_KERNELS

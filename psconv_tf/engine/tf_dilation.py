@@ -9,7 +9,7 @@ keeps the native forward pass (one `Conv2D` op with `dilations`) and computes
 both gradients by transposing the same convolution written as space-to-batch:
 rate-1 convolutions over the input's phases, whose gradients are
 `Conv2DBackpropInput` / `Conv2DBackpropFilter` at rate 1.
-`psconv_tf.jax_dilation` does the same for JAX.
+`psconv_tf.engine.jax_dilation` does the same for JAX.
 
 The maths, per spatial axis (height and width independently; the rates may
 differ between them, and either may be 1). A valid convolution at rate d of an
@@ -40,7 +40,7 @@ Invariants:
 - values are the native op's; gradients equal the native op's gradients as
   exact linear maps (only rounding differs), at every order: every op of the
   transposed form is differentiable, so `tf.GradientTape` nests;
-- stride 1 only: `psconv_tf.rate_conv` reduces strides with dilation to
+- stride 1 only: `psconv_tf.engine.rate_conv` reduces strides with dilation to
   stride-1 convolutions (at rate / stride over a subsampled input, or at the
   full rate with a subsampled output), so no strided dilated op reaches here;
 - padding is applied before the custom gradient as an explicit pad ("SAME"

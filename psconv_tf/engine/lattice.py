@@ -17,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from psconv_tf import arguments
+from psconv_tf.engine import arguments
 
 CYCLIC_MODES = ("both", "input", "output")
 LAYOUTS = ("blocked", "interleaved")

@@ -108,7 +108,7 @@ class writing:
     ...     raise OSError(28, "No space left on device")
     Traceback (most recent call last):
     ...
-    psconv_tf.training.errors.RunWriteError: cannot write runs/x/best.keras (No space left on device)
+    psconv_tf.runtime.errors.RunWriteError: cannot write runs/x/best.keras (No space left on device)
     """
 
     def __init__(self, path):

@@ -25,7 +25,7 @@ import typing
 
 import numpy as np
 
-from psconv_tf.official_psconv import PSCONV_PARTS
+from psconv_tf.checkpoints.official import PSCONV_PARTS
 
 BACKBONE_PREFIX = "backbone."
 # Torch float dtypes NumPy has; others (bfloat16, float8) are read as float32.

@@ -62,7 +62,7 @@ def conv2d(inputs, kernel, strides, padding, dilation_rate, data_format):
                 _output_shape(inputs.shape, kernel.shape, strides, padding, rates, data_format),
                 inputs.dtype,
             )
-        from psconv_tf import tf_dilation
+        from psconv_tf.engine import tf_dilation
 
         if max(rates) > 1 and tuple(strides) == (1, 1) and tf_dilation.wanted():
             # XLA differentiates dilated convolutions slowly on GPUs, as under
@@ -88,7 +88,7 @@ def conv2d(inputs, kernel, strides, padding, dilation_rate, data_format):
         # XLA differentiates dilated convolutions slowly on GPUs (13x a 3x3
         # conv's forward+backward on an H100); jax_dilation keeps the native
         # forward and runs the gradients as space-to-batch convolutions.
-        from psconv_tf import jax_dilation
+        from psconv_tf.engine import jax_dilation
 
         if padding == "same":
             spans = [rate * (size - 1) for rate, size in zip(rates, kernel.shape[:2])]

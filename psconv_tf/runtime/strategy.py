@@ -6,8 +6,8 @@ import os
 import keras
 import tensorflow as tf
 
-from psconv_tf.training.errors import InputError
-from psconv_tf.training.errors import describe_error
+from psconv_tf.runtime.errors import InputError
+from psconv_tf.runtime.errors import describe_error
 
 STRATEGIES = ("auto", "cpu", "gpu", "multiworker", "tpu")
 PRECISIONS = ("auto", "fp32", "mixed_float16", "mixed_bfloat16")

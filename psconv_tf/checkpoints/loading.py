@@ -13,16 +13,16 @@ import warnings
 import keras
 import numpy as np
 
-from psconv_tf import torch_keys
-from psconv_tf.official_psconv import KERAS_TO_TORCH_CONV
-from psconv_tf.official_psconv import PSCONV_PARTS
-from psconv_tf.official_psconv import TORCH_TO_KERAS_CONV
-from psconv_tf.official_psconv import checked
-from psconv_tf.official_psconv import official_dense_kernel  # noqa: F401 (re-exported)
-from psconv_tf.official_psconv import psconv_values
-from psconv_tf.official_psconv import with_masked_corrections
-from psconv_tf.ps_conv2d import PSConv2D
-from psconv_tf.torch_keys import listing
+from psconv_tf.checkpoints import keys as torch_keys
+from psconv_tf.checkpoints.official import KERAS_TO_TORCH_CONV
+from psconv_tf.checkpoints.official import PSCONV_PARTS
+from psconv_tf.checkpoints.official import TORCH_TO_KERAS_CONV
+from psconv_tf.checkpoints.official import checked
+from psconv_tf.checkpoints.official import official_dense_kernel  # noqa: F401 (re-exported)
+from psconv_tf.checkpoints.official import psconv_values
+from psconv_tf.checkpoints.official import with_masked_corrections
+from psconv_tf.layers.ps_conv2d import PSConv2D
+from psconv_tf.checkpoints.keys import listing
 
 MASKED_MODES = ("error", "compat", "zero")
 # Checkpoint params with no Keras counterpart.

@@ -38,12 +38,12 @@ from typing import Optional
 
 import tensorflow as tf
 
-from psconv_tf import files
-from psconv_tf.training.errors import InputError
-from psconv_tf.training.errors import NotARunFolderError
-from psconv_tf.training.errors import os_error_text
-from psconv_tf.training.run_lock import LOCK_FILE
-from psconv_tf.training.run_lock import RunLock
+from psconv_tf.runtime import files
+from psconv_tf.runtime.errors import InputError
+from psconv_tf.runtime.errors import NotARunFolderError
+from psconv_tf.runtime.errors import os_error_text
+from psconv_tf.runtime.run_lock import LOCK_FILE
+from psconv_tf.runtime.run_lock import RunLock
 
 MANIFEST_FILE = "psconv_run.json"
 FORMAT = "psconv-tf run folder"

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from psconv_tf import fused_kernel
+from psconv_tf.engine import fused_kernel
 
 # Output positions of one program: at most COLS columns and PIXELS in all.
 COLS = 16

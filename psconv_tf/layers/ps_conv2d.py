@@ -8,12 +8,12 @@ from keras import initializers
 from keras import ops
 from keras import regularizers
 
-from psconv_tf import arguments
-from psconv_tf import autotune
-from psconv_tf import executor
-from psconv_tf import explicit_matrix
-from psconv_tf import lattice
-from psconv_tf import rate_conv
+from psconv_tf.engine import arguments
+from psconv_tf.engine import autotune
+from psconv_tf.engine import executor
+from psconv_tf.engine import explicit_matrix
+from psconv_tf.engine import lattice
+from psconv_tf.engine import rate_conv
 
 PADDINGS = rate_conv.PADDINGS
 IMPLEMENTATIONS = ("auto",) + executor.IMPLEMENTATIONS + executor.JAX_IMPLEMENTATIONS
@@ -60,7 +60,7 @@ class PSConv2D(keras.layers.Layer):
         layout: `"blocked"` (default; the official implementation's
             arrangement, input channels of one cycle position contiguous) or
             `"interleaved"` (the paper's D[c, k] = pattern[(k - c) % t]).
-            See `psconv_tf.lattice.dilation_matrix`.
+            See `psconv_tf.engine.lattice.dilation_matrix`.
         dilation_matrix: instead of `pattern`, `cyclic` and `layout`, the rate
             of every kernel: positive ints of shape (filters, in_channels //
             groups), row c holding filter c's rates over the input channels
@@ -69,13 +69,13 @@ class PSConv2D(keras.layers.Layer):
             (filters, in_channels) with zeros across groups, as
             `dilation_matrix()` returns it, is accepted too. `dilation_rate`
             multiplies it. Stored in the config as run-length text, see
-            `psconv_tf.explicit_matrix`.
+            `psconv_tf.engine.explicit_matrix`.
 
     Implementation: every one of these computes the same function, Inf and
     NaN inputs included (they reach exactly the outputs Eq. 3 makes
     non-finite).
         implementation: `"auto"` (default: measured per input shape and
-            cached, see `psconv_tf.autotune`; with PSCONV_TF_AUTOTUNE=0 or
+            cached, see `psconv_tf.engine.autotune`; with PSCONV_TF_AUTOTUNE=0 or
             where nothing was measured, `"masked"` for layers of at most
             1024 kernels and `"split"` above), or one of:
             `"split"`: one convolution per rate and input-class selection,
@@ -91,7 +91,7 @@ class PSConv2D(keras.layers.Layer):
             `"fused"` (JAX backend only): one Pallas kernel per pass
             (forward, input and kernel gradients), Triton on GPUs and
             interpret mode (exact, slow) elsewhere, see
-            `psconv_tf.fused_executor`; other backends refuse it, also in
+            `psconv_tf.engine.fused_executor`; other backends refuse it, also in
             a saved config: models that change backends keep `"auto"`.
         Gathers: none with the blocked layout; otherwise wherever a channel
         selection has more than `executor.MAX_RUNS` runs (the interleaved
@@ -407,7 +407,7 @@ class PSConv2D(keras.layers.Layer):
 
     def _make_executor(self, implementation, in_channels):
         if implementation == "fused":
-            from psconv_tf import fused_executor  # imports JAX
+            from psconv_tf.engine import fused_executor  # imports JAX
 
             return fused_executor.FusedExecutor(
                 explicit_matrix.compress(self._matrix, self.groups), self.groups,

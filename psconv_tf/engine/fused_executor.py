@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from psconv_tf import fused_conv
-from psconv_tf import fused_kernel
-from psconv_tf import rate_conv
+from psconv_tf.engine import fused_conv
+from psconv_tf.engine import fused_kernel
+from psconv_tf.engine import rate_conv
 
 # The most layer groups one multiply-add program handles.
 MAX_GROUP_TILE = 32

@@ -4,7 +4,7 @@ Keras' TensorFlow backend sends grouped kernels through XLA (for ResNeXt's
 3x3 convs on a CPU, seconds instead of milliseconds) and runs dilation as
 space-to-batch. `NativeConv2D` is `Conv2D` in every respect (weights, config,
 outputs) except that on TensorFlow, with channels last, it calls the raw
-convolution op through `psconv_tf.conv_ops`; on other backends and formats it
+convolution op through `psconv_tf.engine.conv_ops`; on other backends and formats it
 is `Conv2D` unchanged. The zoo's standard ResNeXt twins use it. Like
 `PSConv2D`, it refuses a kernel size, stride or dilation rate above 1024 with
 a ValueError, also from a config: such values reach int32 attributes of the
@@ -13,8 +13,8 @@ raw op, where TensorFlow aborts the process.
 
 import keras
 
-from psconv_tf import arguments
-from psconv_tf import conv_ops
+from psconv_tf.engine import arguments
+from psconv_tf.engine import conv_ops
 
 
 @keras.saving.register_keras_serializable(package="psconv_tf")

@@ -12,7 +12,7 @@ a suffix (`.keras`, `.weights.h5`) accept them: `best.keras` is written as
 `best.psconv-tmp-0123456789ab.keras`. `temporary_of` recognises them (and,
 asked to, those of earlier releases, `best.tmp-0123456789ab.keras`); a run
 folder removes only the temporaries of the entries its manifest lists
-(`psconv_tf.training.ownership`).
+(`psconv_tf.runtime.ownership`).
 """
 
 import contextlib

@@ -3,7 +3,7 @@
 Records live in `PSCONV_TF_AUTOTUNE_CACHE`, else
 `$XDG_CACHE_HOME/psconv_tf/autotune` (~/.cache/...), one file per key, named
 by the SHA-256 of the key's text. Writing goes to a temporary name, then a
-rename, so no record is ever half-written (as `psconv_tf.files` writes, but
+rename, so no record is ever half-written (as `psconv_tf.runtime.files` writes, but
 without TensorFlow: the tuner runs on every backend). Reading trusts nothing
 at the key's path: only a regular file of at most MAX_RECORD_BYTES is read,
 opened without blocking (a FIFO or device there is refused, never waited
@@ -20,8 +20,8 @@ import stat
 import tempfile
 import warnings
 
-from psconv_tf import arguments
-from psconv_tf import executor
+from psconv_tf.engine import arguments
+from psconv_tf.engine import executor
 
 ENVIRONMENT = "PSCONV_TF_AUTOTUNE_CACHE"
 # A record is a few hundred bytes; anything larger is not one.

@@ -1,0 +1,1 @@
+"""Keras layers: `PSConv2D`, `DynamicPSConv2D` and the conv layers the zoo needs."""
