@@ -10,13 +10,14 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# One process per backend and file, so that parallel workers share them out.
+@pytest.mark.parametrize("suite", ["tests/test_ps_conv2d.py", "tests/test_ps_conv2d_matrix.py"])
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_layer_suite_passes_on_backend(backend):
+def test_layer_suite_passes_on_backend(backend, suite):
     environment = dict(os.environ, KERAS_BACKEND=backend)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "-p", "no:warnings", "tests/test_ps_conv2d.py",
-         "tests/test_ps_conv2d_matrix.py"],
+         "-p", "no:warnings", suite],
         cwd=ROOT,
         env=environment,
         capture_output=True,
