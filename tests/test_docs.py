@@ -61,29 +61,38 @@ def _package_modules():
     return modules
 
 
-def _has_examples(path):
-    """Whether a docstring of the module at `path` holds a `>>>` example
-    (read from the source, without importing it)."""
+def example_count(path):
+    """How many `>>>` examples the docstrings of the module at `path` hold
+    (read from the source, without importing it), nested functions included,
+    those marked `doctest: +SKIP` left out."""
     with open(path) as file:
         tree = ast.parse(file.read())
     nodes = [tree] + [node for node in ast.walk(tree) if isinstance(
         node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
-    return any(re.search(r"^\s*>>> ", ast.get_docstring(node) or "", re.MULTILINE)
+    return sum(len(re.findall(r"^\s*>>> (?!.*doctest: *\+SKIP).*$",
+                              ast.get_docstring(node) or "", re.MULTILINE))
                for node in nodes)
 
 
 def test_doctest_modules_are_exactly_those_with_examples():
     with_examples = {name for name, path in _package_modules().items()
-                     if _has_examples(path)}
+                     if example_count(path)}
     assert sorted(with_examples) == sorted(DOCTEST_MODULES)
 
 
-def run_doctests(module_name):
-    """Runs a module's docstring examples; fails if it has none or one fails."""
-    module = importlib.import_module(module_name)
+def run_doctests(module):
+    """Runs a module's docstring examples (a module or its name); fails if it
+    has none, if doctest skips one the source holds (one in a nested
+    function, say), or if one fails."""
+    if isinstance(module, str):
+        module = importlib.import_module(module)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     if result.attempted == 0:
-        pytest.fail(f"{module_name} is listed for doctests but holds no example.")
+        pytest.fail(f"{module.__name__} is listed for doctests but holds no example.")
+    in_source = example_count(module.__file__)
+    if result.attempted != in_source:
+        pytest.fail(f"{module.__name__}: doctest ran {result.attempted} of the "
+                    f"{in_source} examples its docstrings hold.")
     assert result.failed == 0
 
 
@@ -98,8 +107,35 @@ def test_docstring_examples(module_name, tmp_path, monkeypatch):
 
 
 def test_a_listed_module_without_examples_fails():
+    assert example_count(importlib.import_module("psconv_tf.export.errors").__file__) == 0
     with pytest.raises(pytest.fail.Exception, match="holds no example"):
         run_doctests("psconv_tf.export.errors")
+
+
+def _module_from_source(directory, name, source):
+    path = directory / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_examples_doctest_cannot_reach_fail(tmp_path):
+    """An example only in a nested function is never run by doctest: it
+    counts as missing, as does a module whose every example is such."""
+    nested = (
+        'def outer():\n'
+        '    def inner():\n'
+        '        """\n        >>> 1 + 1\n        3\n        """\n'
+        '    return inner\n'
+    )
+    with pytest.raises(pytest.fail.Exception, match="holds no example"):
+        run_doctests(_module_from_source(tmp_path, "only_nested", nested))
+    reached = '"""\n>>> 2 * 2\n4\n"""\n'
+    with pytest.raises(pytest.fail.Exception, match="ran 1 of the 2 examples"):
+        run_doctests(_module_from_source(tmp_path, "partly_nested", reached + nested))
+    run_doctests(_module_from_source(tmp_path, "reached", reached))
 
 
 # The README ----------------------------------------------------------------
