@@ -2,7 +2,7 @@
 
 For a machine with one GPU, JAX and PyTorch but no TensorFlow:
 
-    KERAS_BACKEND=jax python benchmarks/accelerator_speed.py --out results.json \
+    KERAS_BACKEND=jax python -m benchmarks.accelerator_speed --out results.json \
         [--official-module path/to/psconv.py]
 
 It installs nothing: keras, jax, torch and this package must be installed

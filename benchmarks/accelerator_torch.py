@@ -3,7 +3,7 @@
 Run by `accelerator_speed.py` in a process of its own (Keras' backend is
 fixed per process); it can run alone too:
 
-    python benchmarks/accelerator_torch.py --cases cases.json --out torch.json \
+    python -m benchmarks.accelerator_torch --cases cases.json --out torch.json \
         [--official-module path/to/psconv.py]
 
 It times, on the GPU when PyTorch sees one (else the CPU), eager PyTorch:

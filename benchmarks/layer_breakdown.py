@@ -6,23 +6,20 @@ interleaved rounds, loss sum(y ** 2)) the raw convolution of that shape
 near-free stand-in of the same output shape: what remains is the cost of the
 plan's splits, concatenations, reshapes, masks and sums.
 
-    python benchmarks/layer_breakdown.py [--rounds 5]
-        [--cases 8,128,56,32,split 32,16,28,1,masked]
+    python -m benchmarks.layer_breakdown [--rounds 5]
+        [--cases 8,128,56,32,split 32,16,28,1,masked] [--write-docs]
 """
 
 import argparse
-import os
-import sys
 
 import numpy as np
 from keras import ops
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import timing  # noqa: E402
-from psconv_tf import NativeConv2D  # noqa: E402
-from psconv_tf import PSConv2D  # noqa: E402
-from psconv_tf.engine import rate_conv  # noqa: E402
+from benchmarks import report
+from benchmarks import timing
+from psconv_tf import NativeConv2D
+from psconv_tf import PSConv2D
+from psconv_tf.engine import rate_conv
 
 CASES = ("8,128,56,32,split", "8,128,56,32,masked", "32,16,28,1,split",
          "32,16,28,1,masked")
@@ -56,19 +53,27 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cases", nargs="+", default=list(CASES),
                         help="N,C,H,groups,implementation")
+    report.add_argument(parser)
     args = parser.parse_args()
-    print(f"medians of {args.rounds} rounds, loss sum(y**2)")
-    print("| shape (N, C, H, W) | groups | implementation | mode | conv ms | PSConv2D | reads only |")
-    print("|---|---|---|---|---|---|---|")
+    lines = [f"medians of {args.rounds} rounds, loss sum(y**2)", "",
+             "| shape (N, C, H, W) | groups | implementation | mode | conv ms | PSConv2D "
+             "| reads only |",
+             "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
     for case in args.cases:
         batch, channels, size, groups, implementation = case.split(",")
         batch, channels, size, groups = int(batch), int(channels), int(size), int(groups)
         result = measure(batch, channels, size, groups, implementation, args.rounds)
         for mode in ("forward", "forward+backward"):
             base = result[("conv", mode)]
-            print(f"| ({batch}, {channels}, {size}, {size}) | {groups} | {implementation} | "
-                  f"{mode} | {base * 1e3:.2f} | {result[('psconv', mode)] / base:.2f}x | "
-                  f"{result[('reads only', mode)] / base:.2f}x |", flush=True)
+            lines.append(
+                f"| ({batch}, {channels}, {size}, {size}) | {groups} | {implementation} | "
+                f"{mode} | {base * 1e3:.2f} | {result[('psconv', mode)] / base:.2f}x | "
+                f"{result[('reads only', mode)] / base:.2f}x |")
+            print(lines[-1], flush=True)
+    if args.write_docs:
+        report.write_section("layer_breakdown", report.describe("benchmarks.layer_breakdown")
+                             + "\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -17,28 +17,25 @@ Shape sets: resnet50 (the 3x3 convolutions of ResNet-50, N = 8), small
 128@56² with groups = 32, N = 8; conv2d is then `psconv_tf.NativeConv2D`
 where it exists, and the naive and dilated columns are left empty).
 
-    python benchmarks/layer_speed.py [--sets resnet50 small paper grouped]
-        [--rounds 11] [--implementation NAME]
+    python -m benchmarks.layer_speed [--sets resnet50 small paper grouped]
+        [--rounds 11] [--implementation NAME] [--quick] [--write-docs]
+
+--quick is `--sets small --rounds 3`; --write-docs writes the table into
+docs/benchmarks.md (section layer_speed-BACKEND, or
+layer_speed-BACKEND-quick).
 """
 
 import argparse
-import inspect
-import os
-import sys
 
 import keras
 import numpy as np
 from keras import ops
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import timing  # noqa: E402
-from psconv_tf import PSConv2D  # noqa: E402
-
-try:
-    from psconv_tf.engine import autotune  # noqa: E402
-except ImportError:  # versions without the tuner
-    autotune = None
+from benchmarks import report
+from benchmarks import timing
+from psconv_tf import NativeConv2D
+from psconv_tf import PSConv2D
+from psconv_tf.engine import autotune
 
 SETS = {
     "resnet50": [(8, 64, 56, 1), (8, 128, 28, 1), (8, 256, 14, 1), (8, 512, 7, 1)],
@@ -75,18 +72,12 @@ class NaivePSConv(keras.layers.Layer):
 def _psconv(channels, groups, implementation):
     kwargs = dict(padding="same", use_bias=False, groups=groups)
     if implementation:
-        if "implementation" not in inspect.signature(PSConv2D).parameters:
-            raise SystemExit("this PSConv2D has no `implementation` argument")
         kwargs["implementation"] = implementation
     return PSConv2D(channels, 3, **kwargs)
 
 
 def _standard(channels, groups):
-    conv = keras.layers.Conv2D
-    if groups > 1:
-        import psconv_tf
-
-        conv = getattr(psconv_tf, "NativeConv2D", conv)
+    conv = NativeConv2D if groups > 1 else keras.layers.Conv2D
     return conv(channels, 3, padding="same", use_bias=False, groups=groups)
 
 
@@ -106,9 +97,8 @@ def measure(batch, channels, size, groups, rounds, implementation=None):
     x = x.astype("float32")
     layers = variants(channels, groups, implementation)
     layers["psconv2d"].build(x.shape)
-    if hasattr(autotune, "tune"):  # "auto" measures now, eagerly, per mode
-        for training in (False, True):
-            autotune.tune(layers["psconv2d"], x, training=training)
+    for training in (False, True):  # "auto" measures now, eagerly, per mode
+        autotune.tune(layers["psconv2d"], x, training=training)
     runs = {}
     for name, layer in layers.items():
         for mode, run in timing.runners(layer, x).items():
@@ -125,11 +115,17 @@ def main():
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--implementation", default=None,
                         help="PSConv2D(implementation=...); its default if unset")
+    parser.add_argument("--quick", action="store_true",
+                        help="the small shapes only, 3 rounds (--sets small --rounds 3)")
+    report.add_argument(parser)
     args = parser.parse_args()
-    print(f"backend={keras.backend.backend()}, medians of {args.rounds} rounds, "
-          "loss sum(y**2)")
-    print("| shape (N, C, H, W) | groups | mode | Conv2D ms | PSConv2D | naive | dilated d=2 |")
-    print("|---|---|---|---|---|---|---|")
+    if args.quick:
+        args.sets, args.rounds = ["small"], 3
+    lines = [f"backend={keras.backend.backend()}, medians of {args.rounds} rounds, "
+             "loss sum(y**2)", "",
+             "| shape (N, C, H, W) | groups | mode | Conv2D ms | PSConv2D | naive | dilated d=2 |",
+             "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
     for name in args.sets:
         for batch, channels, size, groups in SETS[name]:
             batch = batch or args.paper_batch
@@ -140,8 +136,14 @@ def main():
                     f"{result[(v, mode)] / base:.2f}x" if (v, mode) in result else "-"
                     for v in ("psconv2d", "naive", "dilated")
                 ]
-                print(f"| ({batch}, {channels}, {size}, {size}) | {groups} | {mode} | "
-                      f"{base * 1e3:.2f} | " + " | ".join(cells) + " |", flush=True)
+                lines.append(f"| ({batch}, {channels}, {size}, {size}) | {groups} | {mode} | "
+                             f"{base * 1e3:.2f} | " + " | ".join(cells) + " |")
+                print(lines[-1], flush=True)
+    if args.write_docs:
+        section = f"layer_speed-{keras.backend.backend()}" + ("-quick" if args.quick else "")
+        report.write_section(section,
+                             report.describe("benchmarks.layer_speed") + "\n\n"
+                             + "\n".join(lines))
 
 
 if __name__ == "__main__":

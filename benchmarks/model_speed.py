@@ -6,16 +6,21 @@ forward, cross-entropy, backward and an SGD update on a fixed batch) on the
 backend that KERAS_BACKEND names: `tf.function` without XLA on TensorFlow,
 `jax.jit` on JAX, eager PyTorch. Reports images/s (medians) and PS/standard.
 
-    python benchmarks/model_speed.py [--batch 8] [--rounds 7]
-        [--pairs resnet50 resnext50_32x4d cifar_resnet20]
+    python -m benchmarks.model_speed [--batch 8] [--rounds 7]
+        [--pairs resnet50 resnext50_32x4d cifar_resnet20] [--quick] [--write-docs]
+
+--quick is `--pairs cifar_resnet20 --batch 32 --rounds 3`; --write-docs
+writes the table into docs/benchmarks.md (section model_speed-BACKEND, or
+model_speed-BACKEND-quick).
 """
 
 import argparse
-import time
 
 import keras
 import numpy as np
 
+from benchmarks import report
+from benchmarks import timing
 from psconv_tf import models
 
 # Input size per model family: ImageNet models at 224, CIFAR models at 32.
@@ -42,17 +47,10 @@ def train_step(name, batch):
 
 
 def measure(names, batch, rounds):
+    """Images per second of each model's train step (medians)."""
     steps = {name: train_step(name, batch) for name in names}
-    for step in steps.values():  # trace and warm up
-        step()
-        step()
-    times = {name: [] for name in names}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: batch / float(np.median(t)) for name, t in times.items()}
+    seconds = timing.interleaved_medians(steps, rounds)  # traces in its warm-up
+    return {name: batch / value for name, value in seconds.items()}
 
 
 def main():
@@ -61,17 +59,29 @@ def main():
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--pairs", nargs="+", default=["resnet50"],
                         help="standard model names; each runs against ps_<name>")
+    parser.add_argument("--quick", action="store_true",
+                        help="cifar_resnet20 only, batch 32, 3 rounds")
+    report.add_argument(parser)
     args = parser.parse_args()
-    print(f"backend={keras.backend.backend()}, batch {args.batch}, medians of "
-          f"{args.rounds} interleaved rounds")
-    print("| model | input | standard images/s | PS images/s | PS / standard |")
-    print("|---|---|---|---|---|")
+    if args.quick:
+        args.pairs, args.batch, args.rounds = ["cifar_resnet20"], 32, 3
+    lines = [f"backend={keras.backend.backend()}, batch {args.batch}, medians of "
+             f"{args.rounds} interleaved rounds", "",
+             "| model | input | standard images/s | PS images/s | PS / standard |",
+             "|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
     for name in args.pairs:
         result = measure([name, "ps_" + name], args.batch, args.rounds)
         standard, ps = result[name], result["ps_" + name]
         size = _size(name)
-        print(f"| {name} | {size}x{size} | {standard:.2f} | {ps:.2f} | "
-              f"{ps / standard:.2f}x |", flush=True)
+        lines.append(f"| {name} | {size}x{size} | {standard:.2f} | {ps:.2f} | "
+                     f"{ps / standard:.2f}x |")
+        print(lines[-1], flush=True)
+    if args.write_docs:
+        section = f"model_speed-{keras.backend.backend()}" + ("-quick" if args.quick else "")
+        report.write_section(section,
+                             report.describe("benchmarks.model_speed") + "\n\n"
+                             + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -14,26 +14,24 @@ padding "same", no bias):
 On a GPU this is the choice that `training/imagenet.py --jit-compile` makes;
 on a CPU it measures XLA's CPU convolutions only.
 
-    python benchmarks/tf_dilation_speed.py [--shapes 8x64x56 32x16x28]
-        [--rounds 7] [--implementation masked]
+    python -m benchmarks.tf_dilation_speed [--shapes 8x64x56 32x16x28]
+        [--rounds 7] [--implementation masked] [--write-docs]
 """
 
 import argparse
 import contextlib
 import os
-import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import timing  # noqa: E402
-from psconv_tf import NativeConv2D  # noqa: E402
-from psconv_tf import PSConv2D  # noqa: E402
-from psconv_tf.engine import tf_dilation  # noqa: E402
-from psconv_tf.engine.executor import IMPLEMENTATIONS  # noqa: E402
+from benchmarks import report
+from benchmarks import timing
+from psconv_tf import NativeConv2D
+from psconv_tf import PSConv2D
+from psconv_tf.engine import tf_dilation
+from psconv_tf.engine.executor import IMPLEMENTATIONS
 
 VARIANTS = ("conv3x3", "dilated", "dilated_s2b", "psconv", "psconv_s2b")
 
@@ -101,24 +99,31 @@ def main():
                         default=[(8, 64, 56), (32, 16, 28)], help="NxCxS, channels last")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--implementation", default="masked", choices=IMPLEMENTATIONS)
+    report.add_argument(parser)
     args = parser.parse_args()
     if keras.backend.backend() != "tensorflow":
-        raise SystemExit("tf_dilation_speed.py needs KERAS_BACKEND=tensorflow")
+        raise SystemExit("tf_dilation_speed needs KERAS_BACKEND=tensorflow")
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-    print(f"TensorFlow {tf.__version__}, XLA on {devices[0].name}, forward+backward, "
-          f"loss sum(y**2), medians of {args.rounds} rounds, PSConv2D "
-          f'implementation="{args.implementation}"')
-    print("| shape (N, C, H, W) | conv3x3 ms | dilated | dilated_s2b | psconv | psconv_s2b "
-          "| dilated s2b/own | psconv s2b/own |")
-    print("|---|---|---|---|---|---|---|---|")
+    lines = [f"TensorFlow {tf.__version__}, XLA on {devices[0].name}, forward+backward, "
+             f"loss sum(y**2), medians of {args.rounds} rounds, PSConv2D "
+             f'implementation="{args.implementation}"', "",
+             "| shape (N, C, H, W) | conv3x3 ms | dilated | dilated_s2b | psconv | psconv_s2b "
+             "| dilated s2b/own | psconv s2b/own |",
+             "|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
     for batch, channels, size in args.shapes:
         ms = measure(batch, channels, size, args.rounds, args.implementation)
         base = ms["conv3x3"]
         cells = [f"{ms[v] / base:.2f}x" for v in VARIANTS[1:]]
         cells += [f"{ms['dilated_s2b'] / ms['dilated']:.2f}x",
                   f"{ms['psconv_s2b'] / ms['psconv']:.2f}x"]
-        print(f"| ({batch}, {channels}, {size}, {size}) | {base * 1e3:.2f} | "
-              + " | ".join(cells) + " |", flush=True)
+        lines.append(f"| ({batch}, {channels}, {size}, {size}) | {base * 1e3:.2f} | "
+                     + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    if args.write_docs:
+        report.write_section("tf_dilation_speed",
+                             report.describe("benchmarks.tf_dilation_speed") + "\n\n"
+                             + "\n".join(lines))
 
 
 if __name__ == "__main__":

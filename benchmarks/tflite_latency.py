@@ -3,24 +3,24 @@
 Both models are exported with `psconv_tf.export` (float32 by default), run
 with the LiteRT interpreter and its default XNNPACK delegate at batch 1, and
 timed in interleaved rounds (this machine is shared and noisy): each round
-times one inference of each model, in alternating order. Reported: the
-median over rounds, per model and thread count, and the ratio PS / standard.
+times one inference of each model (`timing.interleaved_medians`). Reported:
+the median over rounds, per model and thread count, and the ratio PS /
+standard; --write-docs writes the table into docs/benchmarks.md (section
+tflite_latency).
 
-Prints the README's table as it appears there.
-
-    python benchmarks/tflite_latency.py [--architecture resnet50] \\
-        [--threads 1,2] [--rounds 50] [--quantization float32]
+    python -m benchmarks.tflite_latency [--architecture resnet50] \\
+        [--threads 1,2] [--rounds 50] [--quantization float32] [--write-docs]
 """
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from benchmarks import report
+from benchmarks import timing
 from psconv_tf import export
 from psconv_tf import models
 
@@ -47,27 +47,14 @@ def time_rounds(flatbuffers, threads, rounds, warmup=3):
         details = interpreter.get_input_details()[0]
         image = np.random.default_rng(0).normal(size=details["shape"])
         interpreter.set_tensor(details["index"], image.astype(details["dtype"]))
-        for _ in range(warmup):
-            interpreter.invoke()
-        runners[name] = interpreter
-    times = {name: [] for name in runners}
-    names = list(runners)
-    for round_index in range(rounds):
-        for name in names if round_index % 2 == 0 else reversed(names):
-            start = time.perf_counter()
-            runners[name].invoke()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+        runners[name] = interpreter.invoke
+    return timing.interleaved_medians(runners, rounds, warmup=warmup)
 
 
 def table_header(names):
     """The table's header and separator rows, for (standard, PS) model names."""
     return (f"| threads | {names[0]} ms | {names[1]} ms | PS / standard |\n"
             "|---|---|---|---|")
-
-
-# The README's table, for the default architecture.
-TABLES = (table_header(("resnet50", "ps_resnet50")),)
 
 
 def main():
@@ -85,6 +72,7 @@ def main():
     parser.add_argument(
         "--quantization", choices=export.QUANTIZATIONS, default="float32"
     )
+    report.add_argument(parser)
     args = parser.parse_args()
     if (
         args.architecture not in models.list_models()
@@ -102,16 +90,18 @@ def main():
             name: convert(name, args.image_size, args.quantization, directory)
             for name in names
         }
-    print(
-        f"TFLite {args.quantization}, XNNPACK, batch 1, "
-        f"{args.image_size}x{args.image_size}, medians of {args.rounds} "
-        "interleaved rounds:\n"
-    )
-    print(table_header(names))
+    lines = [f"TFLite {args.quantization}, XNNPACK, batch 1, "
+             f"{args.image_size}x{args.image_size}, medians of {args.rounds} "
+             "interleaved rounds:", "", table_header(names)]
+    print("\n".join(lines), flush=True)
     for thread_count in threads:
         medians = time_rounds(flatbuffers, thread_count, args.rounds)
         standard, ps = (medians[name] * 1e3 for name in names)
-        print(f"| {thread_count} | {standard:.1f} | {ps:.1f} | {ps / standard:.2f}x |")
+        lines.append(f"| {thread_count} | {standard:.1f} | {ps:.1f} | {ps / standard:.2f}x |")
+        print(lines[-1], flush=True)
+    if args.write_docs:
+        report.write_section("tflite_latency", report.describe("benchmarks.tflite_latency")
+                             + "\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@
    images (one plain map, where one bad image stops the run); medians of
    interleaved rounds.
 
-Prints the README's two tables as they appear there.
+Prints two tables; --write-docs writes them into docs/benchmarks.md
+(section training_speed).
 
-    python benchmarks/training_speed.py [--batch 8] [--image-size 224] [--rounds 7]
+    python -m benchmarks.training_speed [--batch 8] [--image-size 224] [--rounds 7]
+        [--write-docs]
 """
 
 import argparse
@@ -26,6 +28,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import report
+from benchmarks import timing
 from psconv_tf import models
 from psconv_tf.training import configs
 from psconv_tf.training import image_data
@@ -38,8 +42,6 @@ MODELS = ("resnet50", "ps_resnet50")
 STEP_TABLE = "| measure | standard | PS | PS / standard |\n|---|---|---|---|"
 PIPELINE_TABLE = ("| input pipeline, images/s | skipping undecodable images | without the guard "
                   "| ratio |\n|---|---|---|---|")
-# The README's tables, as printed.
-TABLES = (STEP_TABLE, PIPELINE_TABLE)
 
 
 def write_jpegs(folder, count, seed=0):
@@ -122,17 +124,16 @@ def step_speeds(image_size, batch, rounds):
     """Median images per second of one training step, per model."""
     setups = {name: trainer_and_iterator(name, image_size, batch) for name in MODELS}
     one_step = tf.constant(1)
-    for trainer, iterator in setups.values():  # trace and warm up
-        trainer.train_steps(iterator, one_step)
-        trainer.train_steps(iterator, one_step)
-    times = {name: [] for name in MODELS}
-    for _ in range(rounds):
-        for name, (trainer, iterator) in setups.items():
-            start = time.perf_counter()
+
+    def step(trainer, iterator):
+        def run():
             trainer.train_steps(iterator, one_step)
             trainer.model.trainable_weights[0].numpy()  # wait for the step
-            times[name].append(time.perf_counter() - start)
-    return {name: batch / float(np.median(values)) for name, values in times.items()}
+        return run
+
+    seconds = timing.interleaved_medians(  # traces in its warm-up
+        {name: step(*setup) for name, setup in setups.items()}, rounds)
+    return {name: batch / value for name, value in seconds.items()}
 
 
 def main():
@@ -141,26 +142,32 @@ def main():
     parser.add_argument("--image-size", type=int, default=224, help="default 224")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds; default 7")
     parser.add_argument("--jpegs", type=int, default=64, help="generated JPEGs; default 64")
+    report.add_argument(parser)
     args = parser.parse_args()
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, "
-          f"GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+    lines = [f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, "
+             f"GPUs: {len(tf.config.list_physical_devices('GPU'))}"]
+    print(lines[-1], flush=True)
     speeds = step_speeds(args.image_size, args.batch, args.rounds)
-    print(f"\nBatch {args.batch} at {args.image_size}², medians of {args.rounds} "
-          "interleaved rounds:\n")
-    print(STEP_TABLE)
-    print(f"| ResNet-50 train step, images/s | {speeds['resnet50']:.1f} | "
-          f"{speeds['ps_resnet50']:.1f} | {speeds['ps_resnet50'] / speeds['resnet50']:.2f}x |")
-    print(f"\nInput pipeline, {args.jpegs} generated JPEGs, medians of {args.rounds} "
-          "interleaved rounds:\n")
-    print(PIPELINE_TABLE)
+    lines += ["", f"Batch {args.batch} at {args.image_size}², medians of {args.rounds} "
+              "interleaved rounds:", "", STEP_TABLE,
+              f"| ResNet-50 train step, images/s | {speeds['resnet50']:.1f} | "
+              f"{speeds['ps_resnet50']:.1f} | "
+              f"{speeds['ps_resnet50'] / speeds['resnet50']:.2f}x |",
+              "", f"Input pipeline, {args.jpegs} generated JPEGs, medians of {args.rounds} "
+              "interleaved rounds:", "", PIPELINE_TABLE]
+    print("\n".join(lines[1:]), flush=True)
     with tempfile.TemporaryDirectory() as folder:
         write_jpegs(folder, args.jpegs)
         for training in (True, False):
             pipelines = pipeline_speeds(folder, training, args.image_size, args.batch,
                                         2 * args.jpegs // args.batch, args.rounds)
-            print(f"| {'training' if training else 'evaluation'} | {pipelines['guarded']:.0f} | "
-                  f"{pipelines['plain']:.0f} | {pipelines['guarded'] / pipelines['plain']:.2f}x |",
-                  flush=True)
+            lines.append(f"| {'training' if training else 'evaluation'} | "
+                         f"{pipelines['guarded']:.0f} | {pipelines['plain']:.0f} | "
+                         f"{pipelines['guarded'] / pipelines['plain']:.2f}x |")
+            print(lines[-1], flush=True)
+    if args.write_docs:
+        report.write_section("training_speed", report.describe("benchmarks.training_speed")
+                             + "\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

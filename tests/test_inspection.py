@@ -39,11 +39,16 @@ def test_plot_lattice_draws_each_kernel_in_its_rate_colour():
 
 def test_plot_lattice_of_a_layer_uses_its_name():
     model = models.get("ps_cifar_resnet20")
-    ax = plot_lattice(model.get_layer("layer1_0_conv1"))
+    layer = model.get_layer("layer1_0_conv1")
+    ax = plot_lattice(layer)
     assert ax.get_title() == "layer1_0_conv1"
+    # The layer's lattice (pattern (1, 2, 1, 4), blocked: the official one),
+    # each kernel in the colour index of its rate, 1, 2, 3 for rates 1, 2, 4.
+    image = np.asarray(ax.get_images()[0].get_array())
+    matrix = reference.official_lattice(16, 16)
     np.testing.assert_array_equal(
-        ax.get_images()[0].get_array() > 0, dilation_matrix(16, 16) > 0
-    )
+        image, np.select([matrix == 1, matrix == 2, matrix == 4], [1, 2, 3], -1))
+    assert [np.mean(image == index) for index in (1, 2, 3)] == [0.5, 0.25, 0.25]
 
 
 def test_plot_lattice_rejects_non_integer_matrices():

@@ -17,6 +17,7 @@ import training_helpers
 from psconv_tf import models
 from psconv_tf.training import cli
 from psconv_tf.training import configs
+from psconv_tf.training import image_data
 from psconv_tf.training.run_config import RunConfig
 from training_helpers import imagenet_args
 from training_helpers import read_json
@@ -204,9 +205,25 @@ def test_imagenet_on_mock_tfds(tmp_path):
     with tfds.testing.mock_data(num_examples=8):
         metrics = imagenet.main(imagenet_args(
             tmp_path, tmp_path / "run", "--source", "tfds", "--steps-per-epoch", 2))
+        source = image_data.tfds_source("imagenet2012", "validation", str(tmp_path))
+        batches = list(image_data.imagenet_input(source, False, 32, 4)(
+            tf.distribute.InputContext()))
     assert metrics["steps_done"] == 2
     assert read_json(tmp_path / "run" / "config.json")["num_classes"] == 1000
-    assert 0 <= metrics["final"]["top1"] <= 1
+    # The final figures are those of the model (one epoch: best.keras) on the
+    # 8 validation images, computed here with numpy.
+    images = np.concatenate([images for images, _ in batches])
+    labels = np.concatenate([labels for _, labels in batches])
+    assert len(labels) == 8
+    best = keras.saving.load_model(tmp_path / "run" / "best.keras")
+    logits = np.asarray(best.predict(images, verbose=0), np.float64)
+    ranks = (logits > logits[np.arange(8), labels][:, None]).sum(axis=1)
+    log_softmax = logits - logits.max(axis=1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(axis=1, keepdims=True))
+    final = metrics["final"]
+    assert final["top1"] == pytest.approx(np.mean(ranks == 0))
+    assert final["top5"] == pytest.approx(np.mean(ranks < 5))
+    assert final["loss"] == pytest.approx(-log_softmax[np.arange(8), labels].mean(), rel=1e-4)
 
 
 def _cifar_data(tmp_path):

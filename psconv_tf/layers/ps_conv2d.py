@@ -76,8 +76,10 @@ class PSConv2D(keras.layers.Layer):
     non-finite).
         implementation: `"auto"` (default: measured per input shape and
             cached, see `psconv_tf.engine.autotune`; with PSCONV_TF_AUTOTUNE=0 or
-            where nothing was measured, `"masked"` for layers of at most
-            1024 kernels and `"split"` above), or one of:
+            where nothing was measured, `"masked"` on a GPU under JAX, and
+            elsewhere `"masked"` for layers of at most 1024 kernels and
+            `"split"` above; `"fused"` is measured on GPUs under JAX only
+            and is never the default), or one of:
             `"split"`: one convolution per rate and input-class selection,
             each run in all layer groups at once;
             `"grouped"`: one grouped convolution per rate and branch shape;
