@@ -16,8 +16,10 @@ depends on the backend, the device, the shapes and the dtype. A layer with
   and its fake tensors, `model.fit`, SavedModel/TFLite export), nothing is
   timed: the choice cached for that key is used, else `default(layer)`
   (under `torch.compile`, this process's choice: reading files there would
-  break the graph). Run the model eagerly once first, or call
-  `tune(model, inputs)`, to measure before tracing.
+  break the graph; for a batch of unknown size, this process's choice at
+  another batch size). Run the model eagerly once first, or call
+  `tune(model, inputs)`, to measure before tracing: the trainer does so on
+  its first real batch, and `TuneCallback` does so for `model.fit`.
 - `PSCONV_TF_AUTOTUNE=0` turns measuring and the cache off: "auto" is then
   always `default(layer)` ("masked" on a GPU under JAX; elsewhere "masked"
   up to MASKED_KERNELS kernels, else "split"), for deterministic tests and
@@ -72,6 +74,8 @@ _memory = {}
 _forced = [False]
 _announced = [False]
 _branch_free = [False]
+# While `tune` runs: the mode measured (training or not) and the choices made.
+_tuning = [None]
 
 
 def enabled():
@@ -128,15 +132,18 @@ def choose(layer, inputs, training):
         return _compiling_choice(layer, inputs, training)
     if not enabled():
         return default(layer)
+    if _tuning[0] is not None:
+        training = _tuning[0]["training"]
     memo = (tuple(inputs.shape), str(inputs.dtype), bool(training))
     choices = layer.__dict__.setdefault("_autotune_choices", {})
-    if memo in choices:
-        return choices[memo]
-    choice = _choose(layer, inputs, training)
-    if choice is not None:
+    if memo not in choices:
+        choice = _choose(layer, inputs, training) or _any_batch_size(choices, memo)
+        if choice is None:
+            return default(layer)
         choices[memo] = choice
-        return choice
-    return default(layer)
+    if _tuning[0] is not None:
+        _tuning[0]["choices"][layer.path] = choices[memo]
+    return choices[memo]
 
 
 def _choose(layer, inputs, training):
@@ -159,6 +166,19 @@ def _choose(layer, inputs, training):
         autotune_cache.store(text, choice, times)
     _memory[text] = choice
     return choice
+
+
+def _any_batch_size(choices, memo):
+    """For a trace of unknown batch size (an evaluation step traced with
+    `reduce_retracing`), this layer's choice for the same other dimensions,
+    dtype and mode, else None."""
+    shape, dtype, training = memo
+    if shape[0] is not None or any(d is None for d in shape[1:]):
+        return None
+    for (known, known_dtype, known_training), choice in choices.items():
+        if known[1:] == shape[1:] and (known_dtype, known_training) == (dtype, training):
+            return choice
+    return None
 
 
 def _compiling_choice(layer, inputs, training):
@@ -200,14 +220,74 @@ def measuring():
         _forced[0] = previous
 
 
-def tune(model, inputs, training=True):
-    """Measures every "auto" PSConv2D of `model` on `inputs`, eagerly.
+def tune(model, data, training=True):
+    """Measures every "auto" PSConv2D of `model` on one batch, eagerly.
 
     Call it before `fit`, `jit` or export with a batch of the shape they
-    will see; the choices land in the cache that traced calls read.
+    will see (per replica, under a distribution strategy); the choices land
+    in the cache that traced calls read.
+
+    The model runs forward once in inference mode, so nothing it holds
+    changes (batch-norm statistics, random-number states); each layer is
+    measured for the mode `training` asks for.
+
+    Args:
+        model: a Keras model or layer.
+        data: a batch of inputs; or `(inputs, labels[, weights])`; or a
+            `tf.data.Dataset` or other iterable of those, whose first
+            element is used.
+        training: measure forward+backward (True) or forward only.
+
+    Returns:
+        {layer path: implementation} of every "auto" PS layer called.
     """
-    with measuring():
-        model(inputs, training=training)
+    inputs = _first_inputs(data)
+    previous, _tuning[0] = _tuning[0], {"training": bool(training), "choices": {}}
+    try:
+        with measuring():
+            model(inputs, training=False)
+        return dict(_tuning[0]["choices"])
+    finally:
+        _tuning[0] = previous
+
+
+def _first_inputs(data):
+    """The model inputs of a batch, an (inputs, labels) tuple, or the first
+    element of a dataset or other iterable."""
+    if hasattr(data, "shape") or isinstance(data, dict):
+        return data
+    if isinstance(data, (tuple, list)):
+        return data[0] if 2 <= len(data) <= 3 else data
+    try:
+        first = next(iter(data))
+    except StopIteration:
+        raise ValueError("tune: `data` yielded no batch.") from None
+    except TypeError:
+        raise ValueError(
+            "tune: `data` must be a batch, an (inputs, labels) tuple or an "
+            f"iterable of them; got {type(data).__name__}.") from None
+    return _first_inputs(first)
+
+
+class TuneCallback(keras.callbacks.Callback):
+    """Tunes the model's PS layers before `model.fit` traces its step.
+
+    `model.fit(train, callbacks=[TuneCallback(train)])`: at the start of
+    training, `tune(model, data)` measures each "auto" layer on the first
+    batch of `data` (a batch or a dataset). Keras traces the training step
+    at its first call, after `on_train_begin`, so the traced step runs the
+    measured implementations. `choices` holds what was chosen.
+    """
+
+    def __init__(self, data, training=True):
+        super().__init__()
+        self.data = data
+        self.training = training
+        self.choices = {}
+
+    def on_train_begin(self, logs=None):
+        if enabled():
+            self.choices = tune(self.model, self.data, training=self.training)
 
 
 def measure(layer, shape, dtype, training):

@@ -30,7 +30,7 @@ from psconv_tf.training.trainer import RunOptions
 # Flags that change how a run executes or reports, not what it is: not
 # stored for replays.
 NOT_REPLAYED = ("config", "verbose", "log_every", "allow_changes", "check_images",
-                "force_run_dir")
+                "force_run_dir", "autotune")
 # Seeds of Python's, NumPy's and TensorFlow's generators: [0, 2**32).
 MAX_SEED = 2**32 - 1
 
@@ -255,6 +255,12 @@ def add_runtime_arguments(parser, default_run_dir):
              "TPU, off for CPU (measured slower there)",
     )
     parser.add_argument(
+        "--autotune", default=True, action=argparse.BooleanOptionalAction,
+        help="time every 'auto' PSConv2D's implementations on the first batch "
+             "before the training step is compiled, and log the choices; "
+             "--no-autotune runs the fixed defaults; default on",
+    )
+    parser.add_argument(
         "--precision", default="auto", choices=strategies.PRECISIONS,
         help="auto: mixed_bfloat16 on TPU, mixed_float16 (with loss scaling) "
              "on GPU, fp32 on CPU",
@@ -327,6 +333,7 @@ def runtime_from_args(args, run_dir):
         log_every=args.log_every,
         allow_changes=args.allow_changes,
         force_run_dir=args.force_run_dir,
+        autotune=args.autotune,
     )
     return strategy, options
 

@@ -25,6 +25,9 @@ class RunOptions:
             `run_config.SAFE_CHANGES` differ from the stored config.json.
         force_run_dir: use a `run_dir` that holds other files and no run
             (`ownership.claim`'s `force`).
+        autotune: measure every "auto" PS layer on the first real batch
+            before the training step is traced (`tuning`); off, the layers
+            run the fixed defaults (as they do with PSCONV_TF_AUTOTUNE=0).
     """
 
     run_dir: str
@@ -36,6 +39,7 @@ class RunOptions:
     log_every: int = 100
     allow_changes: bool = False
     force_run_dir: bool = False
+    autotune: bool = True
 
     def __post_init__(self):
         for name in ("backup_every", "steps_per_loop", "log_every"):

@@ -54,6 +54,8 @@ from psconv_tf.training.run_state import read_metrics
 from psconv_tf.training.schedules import learning_rate_schedule
 from psconv_tf.training.stopping import StopSignals
 from psconv_tf.training.stopping import TrainingStopped
+from psconv_tf.training.tuning import describe as describe_tuning
+from psconv_tf.training.tuning import tune_on_first_batch
 from psconv_tf.runtime.strategy import dtype_policy
 from psconv_tf.runtime.strategy import is_multi_worker
 from psconv_tf.runtime.strategy import worker_output_dir
@@ -314,6 +316,8 @@ class Trainer:
                   f"{position['step']} ({position['steps_done']} steps done).", flush=True)
         train_dataset = self.strategy.distribute_datasets_from_function(train_input)
         eval_dataset = self.strategy.distribute_datasets_from_function(eval_input)
+        if self.options.autotune:
+            self._tune(train_input)
         self.model.stop_training = False
         self._run.callbacks.on_train_begin()
         with StopSignals(where=self._run.stop_position) as signals:
@@ -339,6 +343,17 @@ class Trainer:
         if self.options.verbose:
             print(f"Metrics written to {folder.metrics}", flush=True)
         return metrics
+
+    def _tune(self, train_input):
+        """Measures the "auto" PS layers on a real batch before the step is
+        traced (`tuning`), logging each layer's choice."""
+        choices, seconds = tune_on_first_batch(self.strategy, self.model, train_input)
+        if not choices:
+            return
+        with writing(self._run.folder.log):
+            self._run.log.record("autotune", seconds=round(seconds, 1), **choices)
+        if self.options.verbose:
+            print(describe_tuning(choices, seconds), flush=True)
 
     def _elapsed(self):
         """Seconds of the run: those of earlier processes (up to their last
