@@ -38,9 +38,9 @@ DOCTEST_MODULES = (
     "psconv_tf.training.cli",
     "psconv_tf.training.configs",
     "psconv_tf.runtime.errors",
-    "psconv_tf.training.image_data",
+    "psconv_tf.classification.image_data",
     "psconv_tf.training.optimizer",
-    "psconv_tf.training.run_config",
+    "psconv_tf.runtime.run_config",
     "psconv_tf.runtime.run_lock",
     "psconv_tf.training.run_log",
     "psconv_tf.training.schedules",
@@ -144,11 +144,11 @@ def _write_readme_files(directory):
     import torch
     import torch_official
 
-    from psconv_tf.training import classification
+    from psconv_tf.classification import runs
     from psconv_tf.training import configs
-    from psconv_tf.training import run_config
-    from psconv_tf.training.run_config import Preprocessing
-    from psconv_tf.training.run_config import RunConfig
+    from psconv_tf.runtime import run_config
+    from psconv_tf.runtime.run_config import Preprocessing
+    from psconv_tf.runtime.run_config import RunConfig
 
     torch.manual_seed(0)
     state = torch_official.ResNet((3, 4, 6, 3)).state_dict()
@@ -162,7 +162,7 @@ def _write_readme_files(directory):
         os.makedirs(run_dir)
         run_config.write_config(run_dir, config)
         keras.utils.set_random_seed(0)
-        classification.build_model(config).save(run_config.RunFolder(run_dir).best_model)
+        runs.build_model(config).save(run_config.RunFolder(run_dir).best_model)
 
 
 @pytest.fixture(scope="module")
