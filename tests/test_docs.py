@@ -20,7 +20,8 @@ import psconv_tf.models
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(ROOT, "tests", "readme_runner.py")
 # Subpackages that need TensorFlow (the others run on every Keras backend).
-TENSORFLOW_PACKAGES = ("psconv_tf.training", "psconv_tf.export")
+TENSORFLOW_PACKAGES = ("psconv_tf.training", "psconv_tf.classification", "psconv_tf.export",
+                       "psconv_tf.runtime.run_config", "psconv_tf.runtime.strategy")
 # The modules whose docstrings hold examples: each must hold at least one,
 # and every module that holds one must be listed.
 DOCTEST_MODULES = (
@@ -41,6 +42,9 @@ DOCTEST_MODULES = (
     "psconv_tf.classification.image_data",
     "psconv_tf.training.optimizer",
     "psconv_tf.runtime.run_config",
+    "psconv_tf.runtime.images",
+    "psconv_tf.runtime.recipe",
+    "psconv_tf.runtime.statistics",
     "psconv_tf.runtime.run_lock",
     "psconv_tf.training.run_log",
     "psconv_tf.training.schedules",

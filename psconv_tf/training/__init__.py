@@ -13,7 +13,8 @@ Modules, one job each:
 
 What every task shares (errors, strategy, statistics, the run folder and
 its `config.json`) is in `psconv_tf.runtime`; the classification task
-(data, preprocessing, metrics, runs) in `psconv_tf.classification`.
+(data, preprocessing, metrics, runs) in `psconv_tf.classification`, whose
+`runs` (as `classification`) and `small_data` this API re-exports.
 
 >>> from psconv_tf.training import CoupledWeightDecaySGD, configs
 >>> configs.IMAGENET.epochs
@@ -34,3 +35,6 @@ from psconv_tf.training.run_options import RunOptions
 from psconv_tf.training.schedules import learning_rate_schedule
 from psconv_tf.runtime.strategy import create_strategy
 from psconv_tf.training.trainer import Trainer
+# The classification task, part of the public training API.
+from psconv_tf.classification import runs as classification
+from psconv_tf.classification import small_data
