@@ -5,7 +5,7 @@
    SGD with momentum, metrics), for ps_resnet50 and resnet50 on the same
    in-memory batch, in interleaved rounds on this machine's default strategy;
    medians and their ratio.
-2. Input pipeline: images per second of `psconv_tf.training.image_data`'s
+2. Input pipeline: images per second of `psconv_tf.classification.image_data`'s
    ImageNet pipeline (training: random-resized crop of the JPEG window, resize,
    flip; evaluation: decode, resize to 256, centre crop) over a class-folder
    tree of generated JPEGs the size of ImageNet's (500 x 375 on average),
@@ -32,8 +32,8 @@ from benchmarks import report
 from benchmarks import timing
 from psconv_tf import models
 from psconv_tf.training import configs
-from psconv_tf.training import image_data
-from psconv_tf.training import preprocessing
+from psconv_tf.classification import image_data
+from psconv_tf.classification import preprocessing
 from psconv_tf.runtime import strategy as strategies
 from psconv_tf.training.trainer import RunOptions
 from psconv_tf.training.trainer import Trainer

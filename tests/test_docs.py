@@ -21,7 +21,8 @@ import psconv_tf.models
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(ROOT, "tests", "readme_runner.py")
 # Subpackages that need TensorFlow (the others run on every Keras backend).
-TENSORFLOW_PACKAGES = ("psconv_tf.training", "psconv_tf.export")
+TENSORFLOW_PACKAGES = ("psconv_tf.training", "psconv_tf.classification", "psconv_tf.export",
+                       "psconv_tf.runtime.run_config", "psconv_tf.runtime.strategy")
 # The modules whose docstrings hold examples: each must hold at least one,
 # and every module that holds one must be listed.
 DOCTEST_MODULES = (
@@ -39,9 +40,12 @@ DOCTEST_MODULES = (
     "psconv_tf.training.cli",
     "psconv_tf.training.configs",
     "psconv_tf.runtime.errors",
-    "psconv_tf.training.image_data",
+    "psconv_tf.classification.image_data",
     "psconv_tf.training.optimizer",
-    "psconv_tf.training.run_config",
+    "psconv_tf.runtime.run_config",
+    "psconv_tf.runtime.images",
+    "psconv_tf.runtime.recipe",
+    "psconv_tf.runtime.statistics",
     "psconv_tf.runtime.run_lock",
     "psconv_tf.training.run_log",
     "psconv_tf.training.schedules",
@@ -181,11 +185,11 @@ def _write_readme_files(directory):
     import torch
     import torch_official
 
-    from psconv_tf.training import classification
+    from psconv_tf.classification import runs
     from psconv_tf.training import configs
-    from psconv_tf.training import run_config
-    from psconv_tf.training.run_config import Preprocessing
-    from psconv_tf.training.run_config import RunConfig
+    from psconv_tf.runtime import run_config
+    from psconv_tf.runtime.run_config import Preprocessing
+    from psconv_tf.runtime.run_config import RunConfig
 
     torch.manual_seed(0)
     state = torch_official.ResNet((3, 4, 6, 3)).state_dict()
@@ -199,7 +203,7 @@ def _write_readme_files(directory):
         os.makedirs(run_dir)
         run_config.write_config(run_dir, config)
         keras.utils.set_random_seed(0)
-        classification.build_model(config).save(run_config.RunFolder(run_dir).best_model)
+        runs.build_model(config).save(run_config.RunFolder(run_dir).best_model)
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ from export_data import tiny_ps_resnet
 from psconv_tf import export
 from psconv_tf import models
 from psconv_tf.training import configs
-from psconv_tf.training import run_config
-from psconv_tf.training.run_config import Preprocessing
-from psconv_tf.training.run_config import RunConfig
+from psconv_tf.runtime import run_config
+from psconv_tf.runtime.run_config import Preprocessing
+from psconv_tf.runtime.run_config import RunConfig
 
 RELOAD_SCRIPT = os.path.join(os.path.dirname(__file__), "export_reload.py")
 

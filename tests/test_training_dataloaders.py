@@ -15,15 +15,16 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import training_helpers
-from psconv_tf.training import image_data
-from psconv_tf.training import preprocessing
-from psconv_tf.training import small_data
+from psconv_tf.classification import image_data
+from psconv_tf.classification import preprocessing
+from psconv_tf.classification import small_data
+from psconv_tf.runtime import statistics
 from psconv_tf.runtime.errors import InputError
 
 pytestmark = pytest.mark.tensorflow
 
-MEAN = np.array(preprocessing.IMAGENET_MEAN_RGB)
-STDDEV = np.array(preprocessing.IMAGENET_STDDEV_RGB)
+MEAN = np.array(statistics.IMAGENET_MEAN_RGB)
+STDDEV = np.array(statistics.IMAGENET_STDDEV_RGB)
 
 
 def _ramp(height, width, row_scale=1.0, column_scale=1.0):
@@ -155,6 +156,35 @@ def test_class_folders_map_sorted_names_to_labels(tmp_path):
     assert sorted(set(_all_batches(image_data.imagenet_input(val, False, 32, 4))[1])) == [0, 2]
 
 
+def _bmp(image):
+    """A 24-bit BMP file of a uint8 RGB image, written by hand (TensorFlow reads,
+    but does not write, BMP)."""
+    height, width, _ = image.shape
+    row = width * 3 + (-width * 3) % 4
+    pixels = b"".join(image[y, :, ::-1].tobytes().ljust(row, b"\0")
+                      for y in range(height - 1, -1, -1))
+    header = (b"BM" + (54 + len(pixels)).to_bytes(4, "little") + bytes(4)
+              + (54).to_bytes(4, "little"))
+    info = b"".join(value.to_bytes(size, "little", signed=True) for value, size in (
+        (40, 4), (width, 4), (height, 4), (1, 2), (24, 2), (0, 4), (len(pixels), 4),
+        (2835, 4), (2835, 4), (0, 4), (0, 4)))
+    return header + info + pixels
+
+
+def test_class_folders_read_every_format_the_decoder_reads(tmp_path):
+    # A BMP image in a class folder is training data, as it is calibration
+    # data for export (one list of image extensions for both).
+    image = np.arange(6 * 5 * 3, dtype=np.uint8).reshape(6, 5, 3) * 3
+    assert np.array_equal(tf.io.decode_image(_bmp(image)).numpy(), image)
+    folder = tmp_path / "train" / "only"
+    os.makedirs(folder)
+    (folder / "0.bmp").write_bytes(_bmp(image))
+    source = image_data.image_folder_source(str(tmp_path / "train"))
+    assert source.num_examples == 1
+    from psconv_tf.export import calibration
+    assert calibration.image_files(str(tmp_path)) == [str(folder / "0.bmp")]
+
+
 def test_class_folders_bad_input(tmp_path):
     with pytest.raises(InputError, match="no folder"):
         image_data.image_folder_source(str(tmp_path / "missing"))
@@ -274,7 +304,7 @@ def test_local_cifar_and_fashion_mnist_files(tmp_path):
     splits = small_data.load_small_dataset("fashion_mnist", str(tmp_path / "fm"), download=False)
     np.testing.assert_array_equal(splits["train"][0], images[..., None])
     np.testing.assert_array_equal(splits["train"][1], labels)
-    mean, stddev = small_data.channel_stats(splits["train"][0])
+    mean, stddev = statistics.channel_statistics(splits["train"][0])
     np.testing.assert_allclose(mean, [images.mean()])
     np.testing.assert_allclose(stddev, [images.std()])
 

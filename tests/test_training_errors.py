@@ -18,7 +18,7 @@ import tensorflow as tf
 import training_helpers
 from psconv_tf.training import cli
 from psconv_tf.training import configs
-from psconv_tf.training import small_data
+from psconv_tf.classification import small_data
 from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import RunWriteError
 from psconv_tf.training.trainer import RunOptions

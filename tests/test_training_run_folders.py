@@ -18,7 +18,7 @@ import training_helpers
 from psconv_tf.training import cli
 from psconv_tf.training import configs
 from psconv_tf.runtime import ownership
-from psconv_tf.training import run_config
+from psconv_tf.runtime import run_config
 from psconv_tf.runtime import run_lock
 from psconv_tf.runtime.errors import NotARunFolderError
 from psconv_tf.runtime.errors import RunFolderInUseError
@@ -197,7 +197,7 @@ def test_a_run_folder_of_the_previous_release_resumes(tmp_path):
 HOLD = """
 import sys, time
 from psconv_tf.runtime import ownership
-from psconv_tf.training import run_config
+from psconv_tf.runtime import run_config
 with ownership.claim(sys.argv[1], run_config.KIND):
     print("holding", flush=True)
     time.sleep(600)

@@ -17,8 +17,8 @@ import training_helpers
 from psconv_tf import models
 from psconv_tf.training import cli
 from psconv_tf.training import configs
-from psconv_tf.training import image_data
-from psconv_tf.training.run_config import RunConfig
+from psconv_tf.classification import image_data
+from psconv_tf.runtime.run_config import RunConfig
 from training_helpers import imagenet_args
 from training_helpers import read_json
 from training_helpers import read_log

@@ -102,8 +102,8 @@ def load_script(name):
 
 def tiny_run_config(recipe, model="tiny", **fields):
     """A `RunConfig` for a loop test with a hand-built model."""
-    from psconv_tf.training.run_config import Preprocessing
-    from psconv_tf.training.run_config import RunConfig
+    from psconv_tf.runtime.run_config import Preprocessing
+    from psconv_tf.runtime.run_config import RunConfig
 
     return RunConfig(model=model, num_classes=6, image_size=8, channels=8, recipe=recipe,
                      dataset="generated", preprocessing=Preprocessing((0.0,), (1.0,)),

@@ -34,12 +34,12 @@ import os
 import numpy as np
 
 from psconv_tf.runtime import files
-from psconv_tf.training import classification
+from psconv_tf.classification import runs
 from psconv_tf.training import cli
 from psconv_tf.training import configs
 from psconv_tf.runtime import ownership
-from psconv_tf.training import run_config
-from psconv_tf.training import small_data
+from psconv_tf.runtime import run_config
+from psconv_tf.classification import small_data
 from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import writing
 from psconv_tf.training.run_log import summary_line
@@ -107,10 +107,10 @@ def main(argv=None):
             if args.verbose:
                 print(f"Seed {seed} ({number} of {len(seeds)}): {args.model} on "
                       f"{args.dataset} in {seed_dir}", flush=True)
-            config = classification.small_image_config(
+            config = runs.small_image_config(
                 args.model, model_kwargs, data, recipe, seed, strategy, options, SCRIPT,
                 cli.replay_arguments(args))
-            metrics = classification.train_small_images(
+            metrics = runs.train_small_images(
                 config, data, strategy, dataclasses.replace(options, run_dir=seed_dir))
             if args.verbose:
                 print(summary_line(metrics, seed_dir), flush=True)

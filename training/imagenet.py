@@ -45,14 +45,14 @@ as it is. --config RUN/config.json replays a run's settings.
 import argparse
 import os
 
-from psconv_tf.training import classification
+from psconv_tf.classification import runs
 from psconv_tf.training import cli
 from psconv_tf.training import configs
-from psconv_tf.training import image_data
+from psconv_tf.classification import image_data
 from psconv_tf.runtime import ownership
-from psconv_tf.training import run_config
+from psconv_tf.runtime import run_config
 from psconv_tf.runtime.errors import InputError
-from psconv_tf.training.run_config import RunConfig
+from psconv_tf.runtime.run_config import RunConfig
 from psconv_tf.training.run_log import summary_line
 
 SCRIPT = "imagenet"
@@ -68,7 +68,7 @@ def build_parser():
         help="TFDS data folder, or a folder with train/ and val/ class folders (required)",
     )
     parser.add_argument(
-        "--source", default="auto", choices=classification.SOURCES,
+        "--source", default="auto", choices=runs.SOURCES,
         help="tfds or folders; auto: folders if DATA_DIR/train exists, else tfds",
     )
     parser.add_argument("--dataset", default="imagenet2012",
@@ -125,7 +125,7 @@ def main(argv=None):
     run_dir = args.run_dir or os.path.join("runs", args.model)
     strategy, options = cli.runtime_from_args(args, run_dir)
     ownership.check(run_dir, run_config.KIND, args.force_run_dir)  # before reading the data
-    sources = classification.open_image_sources(
+    sources = runs.open_image_sources(
         args.data_dir, args.source, args.dataset, args.train_split, args.val_split)
     if args.check_images:
         sources = _check_images(sources)
@@ -138,11 +138,11 @@ def main(argv=None):
         channels=3,
         recipe=recipe,
         dataset=args.dataset if train_source.class_names is None else args.data_dir,
-        preprocessing=classification.imagenet_preprocessing(args.image_size),
+        preprocessing=runs.imagenet_preprocessing(args.image_size),
         class_names=tuple(train_source.class_names or ()),
         train_examples=train_source.num_examples,
-        steps_per_epoch=classification.steps_per_epoch_of(
-            train_source, recipe.batch_size, args.steps_per_epoch),
+        steps_per_epoch=runs.steps_per_epoch(
+            train_source.num_examples, recipe.batch_size, args.steps_per_epoch),
         seed=args.seed,
         precision=options.precision,
         jit_compile=options.jit_compile,
@@ -150,7 +150,7 @@ def main(argv=None):
         script=SCRIPT,
         arguments=cli.replay_arguments(args),
     )
-    metrics = classification.train_imagenet(config, strategy, options, train_source, val_source)
+    metrics = runs.train_imagenet(config, strategy, options, train_source, val_source)
     print(summary_line(metrics, run_dir))
     return metrics
 

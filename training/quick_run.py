@@ -18,7 +18,7 @@ already prepared (TFDS is not asked to download).
 
     python training/quick_run.py [--epochs 1] [--train-examples 24000]
 
-Writes RUN_DIR/<model>/ (a run folder each, see psconv_tf.training.run_config)
+Writes RUN_DIR/<model>/ (a run folder each, see psconv_tf.runtime.run_config)
 and RUN_DIR/quick_run.json; a RUN_DIR holding other files is refused
 (--force-run-dir adds the run's files among them).
 """
@@ -29,12 +29,12 @@ import os
 import time
 
 from psconv_tf.runtime import files
-from psconv_tf.training import classification
+from psconv_tf.classification import runs
 from psconv_tf.training import cli
 from psconv_tf.training import configs
 from psconv_tf.runtime import ownership
-from psconv_tf.training import run_config
-from psconv_tf.training import small_data
+from psconv_tf.runtime import run_config
+from psconv_tf.classification import small_data
 from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import writing
 from psconv_tf.runtime.strategy import worker_output_dir
@@ -111,10 +111,10 @@ def main(argv=None):
             if args.verbose:
                 print(f"Training {name} ({number} of {len(model_names)}) in {model_dir}",
                       flush=True)
-            config = classification.small_image_config(
+            config = runs.small_image_config(
                 name, {}, data, recipe, args.seed, strategy, options, SCRIPT,
                 cli.replay_arguments(args))
-            metrics = classification.train_small_images(
+            metrics = runs.train_small_images(
                 config, data, strategy, dataclasses.replace(options, run_dir=model_dir))
             results[name] = {"test_top1": metrics["final"]["top1"],
                              "seconds": metrics["seconds"]}

@@ -26,8 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from psconv_tf.detection import coco_data
-from psconv_tf.training.preprocessing import IMAGENET_MEAN_RGB
-from psconv_tf.training.preprocessing import IMAGENET_STDDEV_RGB
+from psconv_tf.runtime.statistics import IMAGENET_MEAN_RGB
+from psconv_tf.runtime.statistics import IMAGENET_STDDEV_RGB
 
 PAD = -1
 

@@ -29,7 +29,7 @@ written under a temporary name and renamed when complete. Command line:
         --formats saved_model,float32,int8 --input-dtype uint8 --normalize \\
         --representative-data calibration_images/
 
-A training run directory is read through `psconv_tf.training.run_config`:
+A training run directory is read through `psconv_tf.runtime.run_config`:
 its `best.keras`, and from its `config.json` the image size (for a model
 built with free spatial dimensions) and the normalization that
 `normalization="auto"` (`--normalize`) builds in.

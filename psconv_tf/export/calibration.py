@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+from psconv_tf.runtime.images import is_image_file
 
 
 def representative_dataset(data, input_shape, num_samples=100):
@@ -159,7 +159,7 @@ def image_files(directory):
         os.path.join(root, name)
         for root, _, names in os.walk(directory)
         for name in names
-        if name.lower().endswith(IMAGE_EXTENSIONS)
+        if is_image_file(name)
     )
     order = np.random.default_rng(0).permutation(len(paths))
     return [paths[index] for index in order]

@@ -8,8 +8,9 @@ import numpy as np
 from psconv_tf.engine import autotune
 from psconv_tf.runtime import files
 from psconv_tf.export.errors import ExportError
-from psconv_tf.training.preprocessing import IMAGENET_MEAN
-from psconv_tf.training.preprocessing import IMAGENET_STD
+from psconv_tf.runtime.statistics import IMAGENET_MEAN
+from psconv_tf.runtime.statistics import IMAGENET_STD
+from psconv_tf.runtime.statistics import to_pixels
 
 INPUT_DTYPES = ("float32", "uint8")
 SIGNATURE_KEY = "serving_default"
@@ -110,7 +111,8 @@ def serving_model(
             )
         x = keras.layers.Resizing(height, width, name="resize")(x)
     if statistics is not None:
-        mean, std = (255.0 * np.asarray(v, "float32") for v in statistics)
+        # (x - mean) / std in pixel units, as `psconv_tf.runtime.statistics.normalize`.
+        mean, std = (np.asarray(to_pixels(v), "float32") for v in statistics)
         x = keras.layers.Normalization(
             mean=mean, variance=std**2, name="normalize"
         )(x)

@@ -9,7 +9,7 @@ import keras
 
 from psconv_tf import models
 from psconv_tf.export.errors import ExportError
-from psconv_tf.training import run_config
+from psconv_tf.runtime import run_config
 from psconv_tf.runtime.errors import InputError
 
 

@@ -6,8 +6,9 @@ from keras_hub.layers import ImageConverter
 from psconv_tf.hub.backbone import PSResNetBackbone
 from psconv_tf.hub.convert import ConvertedBackbone
 from psconv_tf.hub.saving import PresetLoading
-from psconv_tf.training.preprocessing import IMAGENET_MEAN
-from psconv_tf.training.preprocessing import IMAGENET_STD
+from psconv_tf.runtime import statistics
+from psconv_tf.runtime.statistics import IMAGENET_MEAN
+from psconv_tf.runtime.statistics import IMAGENET_STD
 
 
 @keras.saving.register_keras_serializable(package="psconv_tf")
@@ -21,12 +22,9 @@ class PSResNetImageConverter(PresetLoading, ImageConverter):
     def imagenet(cls, image_size=None, **kwargs):
         """The zoo's input convention: pixels in [0, 255] to
         (x / 255 - mean) / std with ImageNet's mean and std."""
-        return cls(
-            image_size=image_size,
-            scale=[1.0 / (255.0 * s) for s in IMAGENET_STD],
-            offset=[-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
-            **kwargs,
-        )
+        scale, offset = statistics.scale_and_offset(IMAGENET_MEAN, IMAGENET_STD,
+                                                    pixel_range=statistics.PIXEL_RANGE)
+        return cls(image_size=image_size, scale=scale, offset=offset, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="psconv_tf")

@@ -1,5 +1,18 @@
-"""What every task shares and none owns: atomic files, errors, distribution
-strategy and precision, and the run folder's ownership and lock.
+"""What every task shares and none owns, one job per module.
+
+- `files`: atomic writes (a temporary name, then a rename);
+- `errors`: the neutral errors the library raises (`InputError`, ...);
+- `strategy`: the `tf.distribute` strategy, precision and XLA;
+- `statistics`: dataset statistics (ImageNet's) and the one normalisation,
+  (x - mean) / std;
+- `images`: which files are images;
+- `recipe`: `Recipe`, the optimization settings of a run;
+- `run_config`: the run folder's files and its typed `config.json`
+  (`RunConfig`, `Preprocessing`), read by training, resuming and export;
+- `ownership`, `run_lock`: which folders are run folders, what a run may
+  remove there, and the lock that lets one process write a run folder;
+- `tensorflow_logs`: quieting TensorFlow's warnings where the library
+  reports the failure itself.
 
 Nothing here imports the trainer, a task, the hub or the export package.
 """

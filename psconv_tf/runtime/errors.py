@@ -44,14 +44,6 @@ def describe_error(error):
     return f"{type(error).__name__}: {first_line}"
 
 
-def tensorflow_error_text(error):
-    """The lines of a TensorFlow runtime error that say what went wrong."""
-    lines = [line.strip() for line in error.message.splitlines()]
-    return " ".join(line for line in lines
-                    if line and not line.startswith(("[[", "Detected at node",
-                                                     "Graph execution error")))
-
-
 class NotARunFolderError(InputError):
     """A folder given as a run folder holds files of its own and no run (or
     another kind of run).

@@ -17,16 +17,11 @@ import tensorflow as tf
 from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import describe_error
 from psconv_tf.runtime.errors import writing
-from psconv_tf.training.run_log import quiet_tensorflow
+from psconv_tf.runtime.run_config import start_over_advice
+from psconv_tf.runtime.tensorflow_logs import quiet_tensorflow
 
 # Checkpoint entries that are not required to restore (added since the first release).
 OPTIONAL = ("seconds",)
-
-
-def start_over_advice(backup_dir):
-    """How to go on from a damaged backup."""
-    return (f"move {backup_dir} away to start the run over (the other files of the run "
-            "stay), or use another run folder")
 
 
 def _key(name):

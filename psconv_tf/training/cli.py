@@ -16,10 +16,10 @@ import sys
 
 from psconv_tf.engine import lattice
 from psconv_tf import models
-from psconv_tf.training import run_config
+from psconv_tf.runtime import run_config
 from psconv_tf.training import stopping
 from psconv_tf.runtime import strategy as strategies
-from psconv_tf.training.configs import SCHEDULES
+from psconv_tf.runtime.recipe import SCHEDULES
 from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import NonFiniteLossError
 from psconv_tf.runtime.errors import NotARunFolderError

@@ -1,10 +1,7 @@
 """What a run reports: log.jsonl records, TensorBoard scalars, console progress,
 its summary line."""
 
-import contextlib
-import gc
 import json
-import logging
 import math
 import os
 import sys
@@ -154,18 +151,3 @@ def _duration(seconds):
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-@contextlib.contextmanager
-def quiet_tensorflow():
-    """Silences TensorFlow's Python warnings inside the block, including
-    those of objects it collects there (a failed checkpoint restore warns
-    about every unrestored value when collected)."""
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        gc.collect()
-        logger.setLevel(level)

@@ -37,14 +37,14 @@ import tensorflow as tf
 
 from psconv_tf.runtime import files
 from psconv_tf.runtime import ownership
-from psconv_tf.training import run_config
+from psconv_tf.runtime import run_config
 from psconv_tf.training.backup import Backup
 from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import RunWriteError
 from psconv_tf.runtime.errors import writing
-from psconv_tf.training.metrics import classification_metrics
-from psconv_tf.training.metrics import metric_results
-from psconv_tf.training.metrics import update_metrics
+from psconv_tf.classification.metrics import classification_metrics
+from psconv_tf.classification.metrics import metric_results
+from psconv_tf.classification.metrics import update_metrics
 from psconv_tf.training.optimizer import build_optimizer
 from psconv_tf.training.run_log import Progress
 from psconv_tf.training.run_log import RunLog

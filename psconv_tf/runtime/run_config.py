@@ -40,12 +40,11 @@ import tensorflow as tf
 
 from psconv_tf.runtime import files
 from psconv_tf.runtime import ownership
-from psconv_tf.training.backup import start_over_advice
-from psconv_tf.training.configs import Recipe
+from psconv_tf.runtime.recipe import Recipe
 from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import ResumeMismatchError
 from psconv_tf.runtime.errors import os_error_text
-from psconv_tf.training.run_log import quiet_tensorflow
+from psconv_tf.runtime.tensorflow_logs import quiet_tensorflow
 
 CONFIG_FILE = "config.json"
 BEST_MODEL_FILE = "best.keras"
@@ -189,6 +188,12 @@ def _flatten(data, prefix=""):
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def start_over_advice(backup_dir):
+    """How to go on from a damaged backup."""
+    return (f"move {backup_dir} away to start the run over (the other files of the run "
+            "stay), or use another run folder")
 
 
 class RunFolder:

@@ -9,11 +9,8 @@ statistics are in pixel units, [0, 255].
 
 import tensorflow as tf
 
-# ImageNet's channel statistics, as fractions of 255 and in pixel units.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGENET_MEAN_RGB = tuple(m * 255 for m in IMAGENET_MEAN)
-IMAGENET_STDDEV_RGB = tuple(s * 255 for s in IMAGENET_STD)
+from psconv_tf.runtime import statistics
+
 CROP_FRACTION = 224 / 256
 CROP_AREA_RANGE = (0.08, 1.0)
 CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
@@ -95,9 +92,10 @@ def resize_and_center_crop(image, size, crop_fraction=CROP_FRACTION):
     return tf.image.crop_to_bounding_box(image, offset[0], offset[1], size, size)
 
 
-def normalize(image, mean=IMAGENET_MEAN_RGB, stddev=IMAGENET_STDDEV_RGB):
-    """(image - mean) / stddev per channel, in float32."""
-    return (tf.cast(image, tf.float32) - mean) / stddev
+def normalize(image):
+    """`statistics.normalize` of the image in float32, with ImageNet's statistics."""
+    return statistics.normalize(tf.cast(image, tf.float32), statistics.IMAGENET_MEAN_RGB,
+                                statistics.IMAGENET_STDDEV_RGB)
 
 
 def preprocess_for_train(image_bytes, size):

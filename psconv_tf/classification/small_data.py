@@ -17,13 +17,14 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from psconv_tf.runtime import statistics
 from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import describe_error
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 @dataclasses.dataclass(frozen=True)
-class SmallDataset:
+class SmallDatasetSpec:
     """A small-image data set and the local files it can be read from.
 
     Attributes:
@@ -42,16 +43,16 @@ class SmallDataset:
 
 
 SMALL_DATASETS = {
-    "cifar10": SmallDataset(
+    "cifar10": SmallDatasetSpec(
         10, (32, 32, 3), "cifar-10-batches-py",
         {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
         "the python version of https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     ),
-    "cifar100": SmallDataset(
+    "cifar100": SmallDatasetSpec(
         100, (32, 32, 3), "cifar-100-python", {"train": ("train",), "test": ("test",)},
         "the python version of https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
     ),
-    "fashion_mnist": SmallDataset(
+    "fashion_mnist": SmallDatasetSpec(
         10, (28, 28, 1), "fashion-mnist",
         {
             "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -247,12 +248,6 @@ def _checked(name, splits, data_dir=None):
     return splits
 
 
-def channel_stats(images):
-    """Per-channel mean and standard deviation of uint8 images [n, h, w, c]."""
-    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64)
-    return pixels.mean(axis=0), pixels.std(axis=0)
-
-
 def small_image_input(images, labels, mean, stddev, training, global_batch_size, pad=4):
     """A `dataset_fn(input_context)` of standardized small-image batches.
 
@@ -279,7 +274,7 @@ def small_image_input(images, labels, mean, stddev, training, global_batch_size,
         if training:
             padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
             image = tf.image.random_flip_left_right(tf.image.random_crop(padded, shape))
-        return (image - mean) / stddev, label
+        return statistics.normalize(image, mean, stddev), label
 
     def dataset_fn(input_context):
         examples = tf.data.Dataset.from_tensor_slices(
@@ -296,7 +291,7 @@ def small_image_input(images, labels, mean, stddev, training, global_batch_size,
 
 
 @dataclasses.dataclass(frozen=True)
-class SmallData:
+class LoadedSmallDataset:
     """A small-image data set in memory, with its standardization statistics.
 
     Attributes:
@@ -333,12 +328,12 @@ def load_data(name, data_dir=None, train_examples=None, seed=0, download=True):
         download: whether TFDS may download.
 
     Returns:
-        `SmallData`.
+        `LoadedSmallDataset`.
     """
     splits = load_small_dataset(name, data_dir, download)
     images, labels = splits["train"]
     source = data_dir or "TFDS"
-    mean, stddev = channel_stats(images)
+    mean, stddev = statistics.channel_statistics(images)
     flat = [channel for channel, value in enumerate(stddev) if not value > 0]
     if flat:
         raise InputError(
@@ -351,5 +346,5 @@ def load_data(name, data_dir=None, train_examples=None, seed=0, download=True):
                              argument="train_examples")
         subset = np.random.default_rng(seed).permutation(len(images))[:train_examples]
         images, labels = images[subset], labels[subset]
-    return SmallData(name, (images, labels), splits["test"],
+    return LoadedSmallDataset(name, (images, labels), splits["test"],
                      tuple(mean.tolist()), tuple(stddev.tolist()))

@@ -11,12 +11,13 @@ import keras
 import tensorflow as tf
 
 from psconv_tf import models
-from psconv_tf.training import image_data
-from psconv_tf.training import preprocessing
-from psconv_tf.training import small_data
+from psconv_tf.classification import image_data
+from psconv_tf.classification import preprocessing
+from psconv_tf.classification import small_data
+from psconv_tf.runtime import statistics
 from psconv_tf.runtime.errors import InputError
-from psconv_tf.training.run_config import Preprocessing
-from psconv_tf.training.run_config import RunConfig
+from psconv_tf.runtime.run_config import Preprocessing
+from psconv_tf.runtime.run_config import RunConfig
 from psconv_tf.training.trainer import Trainer
 
 SOURCES = ("auto", "tfds", "folders")
@@ -87,48 +88,57 @@ def open_image_sources(data_dir, source="auto", dataset="imagenet2012",
 def imagenet_preprocessing(image_size):
     """The `Preprocessing` of ImageNet-style runs at `image_size`."""
     return Preprocessing(
-        mean=preprocessing.IMAGENET_MEAN_RGB, std=preprocessing.IMAGENET_STDDEV_RGB,
+        mean=statistics.IMAGENET_MEAN_RGB, std=statistics.IMAGENET_STDDEV_RGB,
         resize_shorter_side=round(image_size / preprocessing.CROP_FRACTION),
         center_crop=image_size,
     )
 
 
-def steps_per_epoch_of(source, batch_size, steps_per_epoch=None):
-    """`steps_per_epoch`, else the training images // batch_size."""
-    if steps_per_epoch is not None:
-        return steps_per_epoch
-    if source.num_examples is None:
+def steps_per_epoch(train_examples, batch_size, fixed=None):
+    """Optimizer steps per epoch: `fixed` where given (a config's or the
+    command line's `steps_per_epoch`), else the training images // batch_size.
+
+    Raises:
+        InputError: (argument "steps_per_epoch") nothing fixes it and the
+            size of the training split is unknown.
+    """
+    if fixed is not None:
+        return fixed
+    if train_examples is None:
         raise InputError("the size of the training split is unknown; give it explicitly.",
                          argument="steps_per_epoch")
-    return source.num_examples // batch_size
+    return train_examples // batch_size
 
 
 def train_imagenet(config, strategy, options, train_source, val_source, callbacks=()):
     """Trains on ImageNet-style sources; undecodable images are skipped.
 
-    `config.steps_per_epoch` must be set (see `steps_per_epoch_of`).
+    `config.steps_per_epoch` or `config.train_examples` must be set (see
+    `steps_per_epoch`).
     """
     inputs = [image_data.imagenet_input(source, training, config.image_size,
                                         config.recipe.batch_size)
               for source, training in ((train_source, True), (val_source, False))]
-    return train(config, strategy, options, *inputs, config.steps_per_epoch, callbacks)
+    steps = steps_per_epoch(config.train_examples, config.recipe.batch_size,
+                            config.steps_per_epoch)
+    return train(config, strategy, options, *inputs, steps, callbacks)
 
 
 # Small images ---------------------------------------------------------------
 
 
 def small_data_preprocessing(data):
-    """The `Preprocessing` of a `small_data.SmallData`: its own statistics."""
+    """The `Preprocessing` of a `small_data.LoadedSmallDataset`: its own statistics."""
     return Preprocessing(mean=data.mean, std=data.stddev)
 
 
 def small_image_config(model, model_kwargs, data, recipe, seed, strategy, options,
                        script, arguments):
-    """The `RunConfig` of a run on a `small_data.SmallData`.
+    """The `RunConfig` of a run on a `small_data.LoadedSmallDataset`.
 
     Args:
         model, model_kwargs: zoo name and extra arguments (pattern, cyclic).
-        data: `small_data.SmallData`.
+        data: `small_data.LoadedSmallDataset`.
         recipe: `configs.Recipe`.
         seed: seed of the initialization and augmentation.
         strategy, options: where and how it runs.
@@ -144,7 +154,7 @@ def small_image_config(model, model_kwargs, data, recipe, seed, strategy, option
         dataset=data.name,
         preprocessing=small_data_preprocessing(data),
         train_examples=len(data.train[0]),
-        steps_per_epoch=len(data.train[0]) // recipe.batch_size,
+        steps_per_epoch=steps_per_epoch(len(data.train[0]), recipe.batch_size),
         seed=seed,
         precision=options.precision,
         jit_compile=options.jit_compile,
@@ -155,15 +165,15 @@ def small_image_config(model, model_kwargs, data, recipe, seed, strategy, option
 
 
 def train_small_images(config, data, strategy, options, callbacks=()):
-    """Trains on a `small_data.SmallData` (pad-crop-flip, standardized).
+    """Trains on a `small_data.LoadedSmallDataset` (pad-crop-flip, standardized).
 
     Args:
         config: `RunConfig`, whose preprocessing is `data`'s statistics.
-        data: `small_data.SmallData`.
+        data: `small_data.LoadedSmallDataset`.
         strategy, options, callbacks: see `train`.
     """
     batch_size = config.recipe.batch_size
-    steps_per_epoch = len(data.train[0]) // batch_size
+    steps = steps_per_epoch(len(data.train[0]), batch_size, config.steps_per_epoch)
     inputs = [
         small_data.small_image_input(
             *(data.train if training else data.test), config.preprocessing.mean,
@@ -171,4 +181,4 @@ def train_small_images(config, data, strategy, options, callbacks=()):
         )
         for training in (True, False)
     ]
-    return train(config, strategy, options, *inputs, steps_per_epoch, callbacks)
+    return train(config, strategy, options, *inputs, steps, callbacks)

@@ -22,13 +22,14 @@ from typing import Optional
 
 import tensorflow as tf
 
-from psconv_tf.training import preprocessing
+from psconv_tf.classification import preprocessing
 from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import describe_error
 from psconv_tf.runtime.errors import os_error_text
+from psconv_tf.runtime.images import IMAGE_EXTENSIONS
+from psconv_tf.runtime.images import is_image_file
 
 AUTOTUNE = tf.data.AUTOTUNE
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +139,7 @@ def list_image_folder(split_dir, class_names=None):
         found = sorted(
             os.path.join(folder, entry)
             for entry in _listing(folder, "class folder ")
-            if entry.lower().endswith(IMAGE_EXTENSIONS)
+            if is_image_file(entry)
         )
         if not found:
             raise InputError(

@@ -1,0 +1,16 @@
+"""Image classification on the training driver (TensorFlow only).
+
+Modules, one job each:
+- `preprocessing`: ImageNet-style decoding, random-resized crop, central
+  crop and normalisation (the paper's §4.1);
+- `image_data`: ImageNet-style sources (class folders, TFDS), undecodable
+  images skipped and named;
+- `small_data`: CIFAR-10/100 and Fashion-MNIST in memory (local files or
+  TFDS), their statistics and their pad-crop-flip pipeline;
+- `metrics`: loss, top-1 and top-5;
+- `runs`: training a zoo classifier from a `RunConfig` (ImageNet-style or
+  small images), steps per epoch.
+
+The package imports no module of its own on import: `runs` imports the
+trainer, which imports `metrics`.
+"""
