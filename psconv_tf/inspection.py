@@ -1,25 +1,15 @@
 """Looking at PSConv layers: a summary of a model and the lattice of a layer."""
 
-import keras
 import numpy as np
 
+from psconv_tf import graph
 from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
 from psconv_tf.layers.ps_conv2d import PSConv2D
 
 
-def layers_of(model):
-    """Every layer of `model` that is not a model, nested models included, in
-    order (nothing for an object without layers)."""
-    for layer in getattr(model, "layers", ()):
-        if isinstance(layer, keras.Model):
-            yield from layers_of(layer)
-        else:
-            yield layer
-
-
 def ps_layers(model):
     """Every PSConv2D of `model`, nested models included, in order."""
-    return [layer for layer in layers_of(model) if isinstance(layer, PSConv2D)]
+    return [layer for layer in graph.layers_of(model) if isinstance(layer, PSConv2D)]
 
 
 def summary(model, print_fn=print):

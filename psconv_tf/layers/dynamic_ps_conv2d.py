@@ -27,6 +27,11 @@ MULTIPLIER_RANGE = (1e-6, 1e6)
 STATIC_ARGUMENTS = (
     "pattern", "cyclic", "layout", "dilation_rate", "dilation_matrix", "implementation",
 )
+# Arguments of DynamicPSConv2D that PSConv2D does not take.
+DYNAMIC_ARGUMENTS = (
+    "rates", "factor_shapes", "surrogate", "mask_initializer",
+    "initial_pattern", "mask_learning_rate_multiplier",
+)
 
 
 @keras.saving.register_keras_serializable(package="psconv_tf")
@@ -342,10 +347,40 @@ class DynamicPSConv2D(PSConv2D):
         return sum(math.prod(factor.shape) for factor in self.mask_factors)
 
     def freeze(self):
-        """The static `PSConv2D` with the learned D and this layer's weights."""
-        from psconv_tf.freeze import frozen_layer
+        """The built static `PSConv2D` with the learned D and this layer's
+        weights, which computes the same function at the static cost."""
+        static = PSConv2D.from_config(self.frozen_config())
+        in_channels = self.kernel.shape[2] * self.groups
+        shape = (None, None, None, in_channels)
+        if self.data_format == "channels_first":
+            shape = (None, in_channels, None, None)
+        static.build(shape)
+        self.copy_weights_to(static)
+        return static
 
-        return frozen_layer(self)
+    def frozen_config(self):
+        """The config of the static `PSConv2D` equal to this built layer: its
+        own config with the learned dilation matrix for the lattice."""
+        self._require_built("freeze")
+        rates = self.dilation_matrix()
+        if self.padding == "valid" and not (rates == self.large_rate).any():
+            raise ValueError(
+                f"Layer {self.name!r} has padding='valid' and has learned no "
+                f"kernel at its large rate {self.large_rate}: a static layer "
+                "would change the output size. Use padding='same' or 'symmetric'."
+            )
+        config = self.get_config()
+        for name in DYNAMIC_ARGUMENTS:
+            config.pop(name)
+        config["dilation_matrix"] = rates  # the block form, compacted at build
+        return config
+
+    def copy_weights_to(self, static):
+        """Assigns this layer's kernel and bias to the built static layer of
+        `frozen_config()`."""
+        static.kernel.assign(self.kernel)
+        if self.use_bias:
+            static.bias.assign(self.bias)
 
     def get_config(self):
         config = super().get_config()

@@ -12,6 +12,7 @@ from psconv_tf.engine import arguments
 from psconv_tf.engine import autotune
 from psconv_tf.engine import executor
 from psconv_tf.engine import explicit_matrix
+from psconv_tf.engine import grouped
 from psconv_tf.engine import lattice
 from psconv_tf.engine import rate_conv
 
@@ -45,7 +46,11 @@ class PSConv2D(keras.layers.Layer):
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
         dilation_rate: int or tuple of 2 equal ints, a base rate that
-            multiplies the pattern.
+            multiplies the pattern: every rate, the 1s included, so that
+            `pattern=(1,)` is `Conv2D(dilation_rate=...)`. Not the official
+            PyTorch layer's `dilation`, which is the rate of its dilated
+            parts only: official `PSConv2d(dilation=d)` is
+            `PSConv2D(pattern=(1, d, 1, 2 * d))` with `dilation_rate=1`.
         groups: int, number of channel groups; the cyclic pattern repeats in
             every group (PS group convolution).
         activation, use_bias, kernel_initializer, bias_initializer,
@@ -273,22 +278,7 @@ class PSConv2D(keras.layers.Layer):
 
     def _check_rates(self):
         lattice.check_rates(max(self.rates), self._rates_arguments)
-        # With an even kernel, rates of different parity have no common centre.
-        largest = max(self.rates)
-        for size in self.kernel_size:
-            for rate in self.rates:
-                if self.padding == "symmetric" and rate * (size - 1) % 2:
-                    raise ValueError(
-                        "padding='symmetric' needs rate * (kernel_size - 1) "
-                        f"even for every rate. Received: kernel_size="
-                        f"{self.kernel_size}, rates={self.rates}."
-                    )
-                if self.padding == "valid" and (largest - rate) * (size - 1) % 2:
-                    raise ValueError(
-                        "padding='valid' with an even kernel_size needs rates "
-                        f"of one parity. Received: kernel_size="
-                        f"{self.kernel_size}, rates={self.rates}."
-                    )
+        rate_conv.check_centres(self.kernel_size, self.rates, self.padding)
 
     def build(self, input_shape):
         if len(input_shape) != 4:
@@ -444,7 +434,7 @@ class PSConv2D(keras.layers.Layer):
                 continue  # unknown here; checked at call when known
             length = int(length)
             geometry = rate_conv.AxisGeometry(size, stride, largest, self.padding, largest)
-            if self.padding != "valid" and geometry.span > rate_conv.span_limit(length):
+            if geometry.exceeds_span_limit(length):
                 raise ValueError(
                     f"The largest rate {largest} of {type(self).__name__} "
                     f"(set by {self._rates_arguments}) with kernel_size="
@@ -479,18 +469,7 @@ class PSConv2D(keras.layers.Layer):
         y = sum over rates d of conv(x, dense_kernel * (D == d), rate d).
         """
         self._require_built("dense_kernel")
-        kernel = self.kernel.numpy()
-        in_per_group = kernel.shape[2]
-        dense = np.zeros(
-            self.kernel_size + (in_per_group * self.groups, self.filters),
-            dtype=kernel.dtype,
-        )
-        out_per_group = self.filters // self.groups
-        for g in range(self.groups):
-            channels = slice(g * in_per_group, (g + 1) * in_per_group)
-            filters = slice(g * out_per_group, (g + 1) * out_per_group)
-            dense[:, :, channels, filters] = kernel[:, :, :, filters]
-        return dense
+        return grouped.expand(self.kernel.numpy(), self.groups, out_axis=3, in_axis=2)
 
     def macs(self, input_shape):
         """Multiply-accumulates for one input of `input_shape` (no batch)."""
