@@ -6,7 +6,7 @@ import keras
 
 from psconv_tf import graph
 from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
-from psconv_tf.layers.ps_conv2d import PSConv2D
+from psconv_tf.layers.base import PSConvBase
 
 
 def profile(model, input_shape=None):
@@ -50,7 +50,7 @@ def profile(model, input_shape=None):
 COUNTED_LAYERS = (
     keras.layers.Dense,
     keras.layers.DepthwiseConv2D,
-    PSConv2D,
+    PSConvBase,
     keras.layers.Conv1D,
     keras.layers.Conv2D,
     keras.layers.Conv3D,
@@ -77,7 +77,7 @@ def _layer_macs(layer, input_shape, output_shape, training=False):
         )
     if training and isinstance(layer, DynamicPSConv2D):
         return layer.training_macs(tuple(input_shape[1:]))
-    if isinstance(layer, PSConv2D):
+    if isinstance(layer, PSConvBase):
         return layer.macs(tuple(input_shape[1:]))
     if isinstance(layer, keras.layers.Dense):
         positions = math.prod(output_shape[1:-1])
