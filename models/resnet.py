@@ -14,6 +14,7 @@ import os
 
 import keras
 
+from psconv_tf.engine import arguments
 from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
 from psconv_tf.layers.native_conv import NativeConv2D
 from psconv_tf.layers.ps_conv2d import PSConv2D
@@ -168,8 +169,7 @@ def ResNet(
     if weights is not None:
         _check_weights(weights)
     if (
-        not isinstance(frozen_stages, int)
-        or isinstance(frozen_stages, bool)
+        not arguments.is_int(frozen_stages)
         or not -1 <= frozen_stages <= len(stages)
     ):
         raise ValueError(
@@ -227,7 +227,7 @@ def ResNet(
     model = keras.Model(inputs, outputs, name=name)
     if dtype is not None or norm_eval:
         model = _rebuilt(model, dtype, norm_eval)
-    _freeze(model, frozen_stages)
+    _freeze_stages(model, frozen_stages)
     if weights is not None:
         try:
             model.load_weights(weights)
@@ -306,7 +306,8 @@ def stage_of(layer_name):
     return None if layer_name in ("avgpool", "fc") else 0
 
 
-def _freeze(model, frozen_stages):
+def _freeze_stages(model, frozen_stages):
+    """Makes the layers of stages 0 (the stem) to `frozen_stages` untrainable."""
     for layer in model.layers:
         stage = stage_of(layer.name)
         if stage is not None and stage <= frozen_stages:

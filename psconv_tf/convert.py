@@ -2,8 +2,8 @@
 
 import keras
 
+from psconv_tf import graph
 from psconv_tf.engine import lattice
-from psconv_tf.inspection import layers_of
 from psconv_tf.layers.native_conv import NativeConv2D
 from psconv_tf.layers.ps_conv2d import PSConv2D
 
@@ -58,7 +58,7 @@ def convert(
             "`keras.Input(shape)` first, or call `model.build(input_shape)`, "
             "then convert it."
         )
-    if not _is_graph_model(model):
+    if not graph.is_graph_model(model):
         raise ValueError(
             f"convert() rewrites functional and Sequential models; "
             f"{type(model).__name__} is a subclassed model, whose call() it "
@@ -78,24 +78,20 @@ def convert(
             )
         return layer.__class__.from_config(config)
 
-    converted = keras.models.clone_model(
-        model,
-        input_tensors=_inputs_like(model),
-        clone_function=clone,
-        recursive=True,
-    )
-    _copy_weights(model, converted, chosen if not transfer_kernels else set())
+    converted = graph.rebuild(model, clone)
+    skip = set() if transfer_kernels else chosen
+
+    def copy_layer(old, new):
+        if old.name not in skip:
+            graph.copy_layer_weights(old, new)
+
+    graph.copy_weights(model, converted, copy_layer)
     return converted
-
-
-def _is_graph_model(model):
-    # Functional models are `keras.Function`s: graphs of layer calls.
-    return isinstance(model, (keras.Sequential, keras.Function))
 
 
 def _conv2d_layers(model):
     """The `Conv2D` layers of `model` and of the models nested in it."""
-    return [layer for layer in layers_of(model) if type(layer) in PLAIN_CONVS]
+    return [layer for layer in graph.layers_of(model) if type(layer) in PLAIN_CONVS]
 
 
 def _check_some_chosen(model, predicate, pattern, cyclic):
@@ -113,21 +109,6 @@ def _check_some_chosen(model, predicate, pattern, cyclic):
                   f"undilated convolution whose channels fit groups x {len(pattern)} "
                   "(pass a predicate to choose layers)")
     raise ValueError(f"convert() would convert no layer of model {model.name!r}: {reason}.")
-
-
-def _inputs_like(model):
-    """New inputs with the names of the model's input layers, which clone_model
-    would otherwise rename (breaking inputs fed by name)."""
-    if isinstance(model, keras.Sequential):
-        return None
-    return keras.tree.map_structure(
-        lambda tensor: keras.Input(
-            batch_shape=tensor.shape,
-            dtype=tensor.dtype,
-            name=tensor._keras_history.operation.name,
-        ),
-        model.input,
-    )
 
 
 def _in_channels(layer):
@@ -184,10 +165,3 @@ def _psconv_config(config, pattern, cyclic, layout, dilation_rate):
     )
     return config
 
-
-def _copy_weights(source, target, skip):
-    for old, new in zip(source.layers, target.layers):
-        if isinstance(old, keras.Model):
-            _copy_weights(old, new, skip)
-        elif old.name not in skip and old.weights:
-            new.set_weights(old.get_weights())

@@ -1,25 +1,16 @@
 """Looking at PSConv layers: a summary of a model and the lattice of a layer."""
 
-import keras
 import numpy as np
 
-from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
+from psconv_tf import graph
+from psconv_tf.layers.base import PSConvBase
 from psconv_tf.layers.ps_conv2d import PSConv2D
 
 
-def layers_of(model):
-    """Every layer of `model` that is not a model, nested models included, in
-    order (nothing for an object without layers)."""
-    for layer in getattr(model, "layers", ()):
-        if isinstance(layer, keras.Model):
-            yield from layers_of(layer)
-        else:
-            yield layer
-
-
 def ps_layers(model):
-    """Every PSConv2D of `model`, nested models included, in order."""
-    return [layer for layer in layers_of(model) if isinstance(layer, PSConv2D)]
+    """Every PSConv layer (PSConv2D, DynamicPSConv2D) of `model`, nested
+    models included, in order."""
+    return [layer for layer in graph.layers_of(model) if isinstance(layer, PSConvBase)]
 
 
 def summary(model, print_fn=print):
@@ -41,9 +32,7 @@ def summary(model, print_fn=print):
                 kernel="x".join(map(str, layer.kernel_size)),
                 strides="x".join(map(str, layer.strides)),
                 groups=layer.groups,
-                pattern=_pattern(layer),
-                cyclic=layer.cyclic or "-",
-                layout=layer.layout or "-",
+                **_lattice(layer),
                 rates={
                     int(r): round(float(c / counts.sum()), 4)
                     for r, c in zip(rates, counts)
@@ -62,10 +51,15 @@ def summary(model, print_fn=print):
     return rows
 
 
-def _pattern(layer):
-    if isinstance(layer, DynamicPSConv2D):
-        return f"learned {layer.pattern}"  # its two rates
-    return "explicit" if layer.pattern is None else layer.pattern
+def _lattice(layer):
+    """The pattern, cyclic and layout cells of a row."""
+    if not isinstance(layer, PSConv2D):  # a DynamicPSConv2D
+        return dict(pattern=f"learned {layer.rates}", cyclic="-", layout="-")
+    return dict(
+        pattern="explicit" if layer.pattern is None else layer.pattern,
+        cyclic=layer.cyclic or "-",
+        layout=layer.layout or "-",
+    )
 
 
 def _cell(value):
@@ -98,7 +92,7 @@ def plot_lattice(layer_or_matrix, ax=None, title=None):
         raise ImportError(
             "plot_lattice needs matplotlib: pip install 'psconv-tf[plot]'"
         ) from error
-    if isinstance(layer_or_matrix, PSConv2D):
+    if isinstance(layer_or_matrix, PSConvBase):
         matrix = layer_or_matrix.dilation_matrix()
         title = layer_or_matrix.name if title is None else title
     else:

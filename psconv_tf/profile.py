@@ -4,9 +4,9 @@ import math
 
 import keras
 
+from psconv_tf import graph
 from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
-from psconv_tf.inspection import layers_of
-from psconv_tf.layers.ps_conv2d import PSConv2D
+from psconv_tf.layers.base import PSConvBase
 
 
 def profile(model, input_shape=None):
@@ -40,7 +40,7 @@ def profile(model, input_shape=None):
         "params": sum(math.prod(w.shape) for w in model.trainable_weights),
         "macs": _macs(model),
     }
-    dynamic = [layer for layer in layers_of(model) if isinstance(layer, DynamicPSConv2D)]
+    dynamic = [layer for layer in graph.layers_of(model) if isinstance(layer, DynamicPSConv2D)]
     if dynamic:
         counts["latent_params"] = sum(layer.latent_parameters() for layer in dynamic)
         counts["training_macs"] = _macs(model, training=True)
@@ -50,7 +50,7 @@ def profile(model, input_shape=None):
 COUNTED_LAYERS = (
     keras.layers.Dense,
     keras.layers.DepthwiseConv2D,
-    PSConv2D,
+    PSConvBase,
     keras.layers.Conv1D,
     keras.layers.Conv2D,
     keras.layers.Conv3D,
@@ -59,7 +59,7 @@ COUNTED_LAYERS = (
 
 def _macs(model, training=False):
     total = 0
-    for layer in layers_of(model):
+    for layer in graph.layers_of(model):
         if isinstance(layer, COUNTED_LAYERS):
             for node in layer._inbound_nodes:
                 total += _layer_macs(
@@ -77,7 +77,7 @@ def _layer_macs(layer, input_shape, output_shape, training=False):
         )
     if training and isinstance(layer, DynamicPSConv2D):
         return layer.training_macs(tuple(input_shape[1:]))
-    if isinstance(layer, PSConv2D):
+    if isinstance(layer, PSConvBase):
         return layer.macs(tuple(input_shape[1:]))
     if isinstance(layer, keras.layers.Dense):
         positions = math.prod(output_shape[1:-1])

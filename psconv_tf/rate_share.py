@@ -2,13 +2,14 @@
 
 import keras
 
+from psconv_tf import graph
+from psconv_tf.engine import arguments
 from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
-from psconv_tf.inspection import ps_layers
 
 
 def dynamic_layers(model):
     """Every DynamicPSConv2D of `model`, nested models included, in order."""
-    return [layer for layer in ps_layers(model) if isinstance(layer, DynamicPSConv2D)]
+    return [layer for layer in graph.layers_of(model) if isinstance(layer, DynamicPSConv2D)]
 
 
 def rate_shares(model):
@@ -52,10 +53,7 @@ class RateShareLogger(keras.callbacks.Callback):
 
     def __init__(self, log_dir=None, update_freq="epoch"):
         super().__init__()
-        if update_freq != "epoch" and (
-            not isinstance(update_freq, int) or isinstance(update_freq, bool)
-            or update_freq <= 0
-        ):
+        if update_freq != "epoch" and not arguments.is_positive_int(update_freq):
             raise ValueError(
                 "Argument `update_freq` must be 'epoch' or a positive integer. "
                 f"Received: update_freq={update_freq!r}"

@@ -169,7 +169,7 @@ def test_write_rate_shares_in_a_custom_loop(tmp_path):
     }
 
 
-@pytest.mark.parametrize("module", ["dynamic_ps_conv2d", "rate_share"])
+@pytest.mark.parametrize("module", ["layers.dynamic_ps_conv2d", "rate_share"])
 def test_docstring_examples(module):
     import doctest
     import importlib

@@ -13,7 +13,8 @@ import pytest
 
 from psconv_tf import hub
 from psconv_tf import models
-from psconv_tf.hub import presets
+from psconv_tf.hub import preset_files
+from psconv_tf.hub import zoo_configs
 
 SIZE = 32
 TINY = dict(stackwise_num_blocks=[1, 1, 1, 1], stackwise_num_filters=[8, 8, 16, 16],
@@ -23,11 +24,11 @@ TINY = dict(stackwise_num_blocks=[1, 1, 1, 1], stackwise_num_filters=[8, 8, 16, 
 def test_every_zoo_name_is_a_named_preset_with_current_files():
     assert set(models.list_models()) <= set(keras_hub.models.Backbone.presets)
     for name in models.list_models():
-        folder = os.path.join(presets.NAMED_PRESETS_DIR, name)
-        for file, text in presets.named_preset_files(name).items():
+        folder = os.path.join(zoo_configs.NAMED_PRESETS_DIR, name)
+        for file, text in preset_files.named_preset_files(name).items():
             with open(os.path.join(folder, file), encoding="utf-8") as handle:
                 assert handle.read() == text, (
-                    f"{name}/{file} is stale: run psconv_tf.hub.presets.write_named_presets()")
+                    f"{name}/{file} is stale: run psconv_tf.hub.preset_files.write_named_presets()")
 
 
 def test_a_named_preset_is_the_zoo_architecture_without_weights():

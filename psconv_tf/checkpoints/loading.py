@@ -21,6 +21,7 @@ from psconv_tf.checkpoints.official import checked
 from psconv_tf.checkpoints.official import official_dense_kernel  # noqa: F401 (re-exported)
 from psconv_tf.checkpoints.official import psconv_values
 from psconv_tf.checkpoints.official import with_masked_corrections
+from psconv_tf.engine import arguments
 from psconv_tf.layers.ps_conv2d import PSConv2D
 from psconv_tf.checkpoints.keys import listing
 
@@ -117,7 +118,7 @@ def load_torch(model, path_or_state_dict, strict=True, masked="error", dilation=
         raise ValueError(
             f"Argument `strict` must be True or False. Received: strict={strict!r}"
         )
-    if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation <= 0:
+    if not arguments.is_positive_int(dilation):
         raise ValueError(
             "Argument `dilation` must be a positive integer. "
             f"Received: dilation={dilation!r}"

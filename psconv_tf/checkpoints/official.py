@@ -13,6 +13,8 @@ adds those back as standard layers (`load_torch(masked="compat")`).
 import keras
 import numpy as np
 
+from psconv_tf.engine import grouped
+
 
 PSCONV_PARTS = ("gwconv", "gwconv_shift", "conv")
 # PyTorch (out, in/groups, kh, kw) -> Keras (kh, kw, in/groups, out).
@@ -80,7 +82,8 @@ def psconv_values(layer, params, module, dilation):
             f"dilation_rate={layer.dilation_rate}."
         )
     residual = np.where(masked[:, :, None, None], params["conv.weight"], 0)
-    values = [(layer.kernel, _grouped(dense.transpose(TORCH_TO_KERAS_CONV), groups))]
+    kernel = dense.transpose(TORCH_TO_KERAS_CONV)
+    values = [(layer.kernel, grouped.compress(kernel, groups, out_axis=3, in_axis=2))]
     if layer.use_bias:
         bias = sum(params[f"{part}.bias"] for part in PSCONV_PARTS)
         values.append((layer.bias, bias))
@@ -112,46 +115,21 @@ def official_dense_kernel(params, groups=1, parts=4, dilation=2):
     # gwconv_shift reads channel swapped[j] = x[halves_swapped[j]].
     halves = np.arange(in_channels).reshape(groups, 2, -1)
     halves_swapped = halves[:, ::-1].ravel()
-    diagonal = _expand_groups(np.ones((filters, in_channels // blocks), bool), blocks)
+    diagonal = grouped.expand(np.ones((filters, in_channels // blocks), bool), blocks)
     shifted = np.zeros_like(diagonal)
     shifted[:, halves_swapped] = diagonal
-    gw = _expand_groups(params["gwconv.weight"], blocks)
+    gw = grouped.expand(params["gwconv.weight"], blocks)
     gw_shift = np.zeros_like(gw)
-    gw_shift[:, halves_swapped] = _expand_groups(params["gwconv_shift.weight"], blocks)
-    conv = _expand_groups(params["conv.weight"], groups)
-    same_group = _expand_groups(np.ones((filters, in_channels // groups), bool), groups)
+    gw_shift[:, halves_swapped] = grouped.expand(params["gwconv_shift.weight"], blocks)
+    conv = grouped.expand(params["conv.weight"], groups)
+    same_group = grouped.expand(np.ones((filters, in_channels // groups), bool), groups)
 
     dense = np.where(
         diagonal[..., None, None], gw, np.where(shifted[..., None, None], gw_shift, conv)
     )
     rates = np.where(diagonal, dilation, np.where(shifted, 2 * dilation, same_group))
-    masked = _grouped((diagonal | shifted).T, groups).T
+    masked = grouped.compress(diagonal | shifted, groups)
     return dense, rates.astype(np.int64), masked
-
-
-def _expand_groups(weight, groups):
-    """(out, in/groups, ...) grouped weights -> (out, in, ...), 0 across groups."""
-    out_per_group, in_per_group = weight.shape[0] // groups, weight.shape[1]
-    shape = (weight.shape[0], in_per_group * groups) + weight.shape[2:]
-    dense = np.zeros(shape, weight.dtype)
-    for g in range(groups):
-        rows = slice(g * out_per_group, (g + 1) * out_per_group)
-        dense[rows, g * in_per_group : (g + 1) * in_per_group] = weight[rows]
-    return dense
-
-
-def _grouped(dense, groups):
-    """(..., in, out) dense kernel -> (..., in/groups, out): each filter's group."""
-    in_per_group = dense.shape[-2] // groups
-    out_per_group = dense.shape[-1] // groups
-    return np.concatenate(
-        [
-            dense[..., g * in_per_group : (g + 1) * in_per_group,
-                  g * out_per_group : (g + 1) * out_per_group]
-            for g in range(groups)
-        ],
-        axis=-1,
-    )
 
 
 def with_masked_corrections(model, residuals):

@@ -12,9 +12,14 @@ import numpy as np
 MAX_SIZE = 1024
 
 
+def is_int(value):
+    """Whether `value` is an int or a NumPy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def is_positive_int(value):
     """Whether `value` is an int (not a bool) greater than 0."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+    return is_int(value) and value > 0
 
 
 def shown(value, width=80):

@@ -17,6 +17,7 @@ import re
 import numpy as np
 
 from psconv_tf.engine import arguments
+from psconv_tf.engine import grouped
 from psconv_tf.engine import lattice
 
 # The largest matrix a text may declare, refused before it is allocated.
@@ -119,25 +120,12 @@ def compact(matrix, filters, in_channels, groups):
 
 def expand(matrix, groups):
     """(filters, in_per_group) rates -> (filters, in_channels), 0 across groups."""
-    filters, in_per_group = matrix.shape
-    out_per_group = filters // groups
-    full = np.zeros((filters, in_per_group * groups), np.int64)
-    for group in range(groups):
-        rows = slice(group * out_per_group, (group + 1) * out_per_group)
-        columns = slice(group * in_per_group, (group + 1) * in_per_group)
-        full[rows, columns] = matrix[rows]
-    return full
+    return grouped.expand(np.asarray(matrix, np.int64), groups)
 
 
 def compress(full, groups):
     """The inverse of `expand`."""
-    filters, in_channels = full.shape
-    out_per_group, in_per_group = filters // groups, in_channels // groups
-    return np.concatenate([
-        full[g * out_per_group : (g + 1) * out_per_group,
-             g * in_per_group : (g + 1) * in_per_group]
-        for g in range(groups)
-    ])
+    return grouped.compress(full, groups)
 
 
 def encode(matrix):

@@ -32,7 +32,7 @@ MAX_KERNELS = 1 << 24
 def validate_pattern(pattern, name="pattern"):
     """Returns `pattern` as a tuple of positive Python ints of at most
     MAX_RATE, or raises a ValueError naming the argument `name`."""
-    if isinstance(pattern, (int, np.integer)) and not isinstance(pattern, bool):
+    if arguments.is_int(pattern):
         pattern = (pattern,)
     message = (
         f"Argument `{name}` must be a non-empty sequence of positive integers "

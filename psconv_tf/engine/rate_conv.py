@@ -7,7 +7,9 @@ must land on the same output grid. This module holds every rule for that:
   `"symmetric"` pads rate * (k - 1) / 2 on each side (PyTorch);
   `"same"` follows TensorFlow's rule for each rate;
   `"valid"` centres every rate where the largest rate's kernel fits, i.e.
-  crops (largest - rate) * (k - 1) / 2 from each side first;
+  crops (largest - rate) * (k - 1) / 2 from each side first; so that every
+  rate lands on one grid, "symmetric" needs even spans rate * (k - 1) and
+  "valid" whole crops (`check_centres`);
 - which padding the convolution op receives: `"same"` wherever it equals the
   rule above (native and differentiable on every backend), else explicit
   padding (or a crop, where negative);
@@ -16,9 +18,10 @@ must land on the same output grid. This module holds every rule for that:
   over the input subsampled at the right offset; along any other, a conv at
   stride 1 whose output is subsampled (stride x that term's MACs);
 - the span bound: `"same"` and `"symmetric"` pad about span = rate * (k - 1)
-  pixels per axis, so a layer refuses (see `span_limit`) a span beyond
-  max(MIN_SPAN_LIMIT, SPAN_PER_INPUT x the input's length) there: past it the
-  padding, not the input, fills the kernel and memory grows with the rate.
+  pixels per axis, so a layer refuses (`AxisGeometry.exceeds_span_limit`) a
+  span beyond max(MIN_SPAN_LIMIT, SPAN_PER_INPUT x the input's length)
+  there: past it the padding, not the input, fills the kernel and memory
+  grows with the rate.
 
 `RateConv(...)(inputs, kernel)` applies them; the kernel may be grouped.
 """
@@ -41,6 +44,28 @@ def span_limit(length):
     """The largest span rate * (kernel - 1) allowed on an axis of `length`
     with padding "same" or "symmetric"."""
     return max(MIN_SPAN_LIMIT, SPAN_PER_INPUT * length)
+
+
+def check_centres(kernel_size, rates, padding):
+    """Raises a ValueError where the rates have no common output grid: with
+    "symmetric" a span rate * (k - 1) must be even (its padding is half of
+    it); with "valid" the crops (largest - rate) * (k - 1) / 2 must be whole,
+    i.e. with an even kernel the rates must have one parity."""
+    largest = max(rates)
+    for size in kernel_size:
+        for rate in rates:
+            if padding == "symmetric" and rate * (size - 1) % 2:
+                raise ValueError(
+                    "padding='symmetric' needs rate * (kernel_size - 1) "
+                    f"even for every rate. Received: kernel_size="
+                    f"{tuple(kernel_size)}, rates={tuple(rates)}."
+                )
+            if padding == "valid" and (largest - rate) * (size - 1) % 2:
+                raise ValueError(
+                    "padding='valid' with an even kernel_size needs rates "
+                    f"of one parity. Received: kernel_size="
+                    f"{tuple(kernel_size)}, rates={tuple(rates)}."
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +98,11 @@ class AxisGeometry:
         total = ((length + stride - 1) // stride - 1) * stride + self.span + 1 - length
         total = max(total, 0) if isinstance(total, int) else ops.maximum(total, 0)
         return total // 2, total - total // 2
+
+    def exceeds_span_limit(self, length):
+        """Whether the span bound refuses this axis on an input of `length`
+        (only "same" and "symmetric" pad by the span)."""
+        return self.padding != "valid" and self.span > span_limit(length)
 
     def output_length(self, length):
         before, after = self.pads(length)

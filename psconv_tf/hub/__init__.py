@@ -21,7 +21,7 @@ except ImportError as error:  # pragma: no cover - depends on the install
         "psconv_tf.hub needs keras-hub: pip install \"psconv-tf[detect]\""
     ) from error
 
-from psconv_tf.hub import presets
+from psconv_tf.hub import zoo_configs
 from psconv_tf.hub.backbone import PSResNetBackbone
 from psconv_tf.hub.classifier import ConvertedImageClassifier
 from psconv_tf.hub.classifier import PSResNetImageClassifier
@@ -31,8 +31,7 @@ from psconv_tf.hub.image_converter import ConvertedImageConverter
 from psconv_tf.hub.image_converter import PSResNetImageConverter
 from psconv_tf.hub.preprocessor import ConvertedImageClassifierPreprocessor
 from psconv_tf.hub.preprocessor import PSResNetImageClassifierPreprocessor
-from psconv_tf.hub.presets import backbone_config
-from psconv_tf.hub.presets import zoo_names
+from psconv_tf.hub.zoo_configs import backbone_config
 from psconv_tf.hub.saving import PresetError
 
-presets.register_named_presets(PSResNetBackbone)
+zoo_configs.register_named_presets(PSResNetBackbone)

@@ -6,8 +6,8 @@ import warnings
 import keras
 from keras_hub.models import FeaturePyramidBackbone
 
-from psconv_tf.hub import presets
 from psconv_tf.hub import saving
+from psconv_tf.hub import zoo_configs
 from psconv_tf.models.resnet import ResNet
 from psconv_tf.models.resnet import Stage
 
@@ -131,7 +131,7 @@ class PSResNetBackbone(saving.PresetLoading, saving.StagedSaving, FeaturePyramid
         """The backbone of the zoo model `name` ("ps_resnet50", "resnext50_32x4d",
         ...), randomly initialized and named so; `kwargs` override its
         arguments."""
-        return cls(**{"name": name, **presets.backbone_config(name), **kwargs})
+        return cls(**{"name": name, **zoo_configs.backbone_config(name), **kwargs})
 
     def get_config(self):
         config = super().get_config()
@@ -155,20 +155,10 @@ class PSResNetBackbone(saving.PresetLoading, saving.StagedSaving, FeaturePyramid
         )
         return config
 
-    @staticmethod
-    def preset_image_converter():
-        """The converter a preset gets when it has none: the zoo's ImageNet
-        convention (`PSResNetImageConverter.imagenet()`), so that keras-hub's
-        image tasks (`ImageClassifier.from_preset(dir, num_classes=...)`)
-        load it."""
-        from psconv_tf.hub.image_converter import PSResNetImageConverter
-
-        return PSResNetImageConverter.imagenet()
-
     def load_weights(self, filepath, *args, **kwargs):
         """As Keras's. The weights file of a named preset holds no weights:
         the backbone keeps its random initialisation, with a warning."""
-        name = presets.named_preset_of(filepath)
+        name = zoo_configs.named_preset_of(filepath)
         if name is None:
             return super().load_weights(filepath, *args, **kwargs)
         warnings.warn(

@@ -50,15 +50,6 @@ class ConvertedBackbone(saving.PresetLoading, saving.StagedSaving, FeaturePyrami
         config.update(graph=self._graph_config)
         return config
 
-    @staticmethod
-    def preset_image_converter():
-        """The converter a preset gets when it has none: images pass
-        unchanged (the input convention of the backbone converted from is
-        not known here; save its converter into the preset to keep it)."""
-        from psconv_tf.hub.image_converter import ConvertedImageConverter
-
-        return ConvertedImageConverter()
-
 
 def convert_backbone(backbone, **convert_kwargs):
     """`psconv_tf.convert` for a keras-hub `FeaturePyramidBackbone`.

@@ -1,4 +1,10 @@
-"""Image converters (resize, rescale) of the backbones' presets."""
+"""Image converters (resize, rescale) of the backbones' presets.
+
+Each converter names its backbone (`backbone_cls`, as in keras-hub) and
+gives, as `preset_default()`, the converter that a preset of that backbone
+gets when it is saved without one (`saving.StagedSaving`), so that keras-hub's
+image tasks (`ImageClassifier.from_preset(dir, num_classes=...)`) load it.
+"""
 
 import keras
 from keras_hub.layers import ImageConverter
@@ -26,6 +32,11 @@ class PSResNetImageConverter(PresetLoading, ImageConverter):
                                                     pixel_range=statistics.PIXEL_RANGE)
         return cls(image_size=image_size, scale=scale, offset=offset, **kwargs)
 
+    @classmethod
+    def preset_default(cls):
+        """The zoo's ImageNet convention (`imagenet()`)."""
+        return cls.imagenet()
+
 
 @keras.saving.register_keras_serializable(package="psconv_tf")
 class ConvertedImageConverter(PresetLoading, ImageConverter):
@@ -35,3 +46,10 @@ class ConvertedImageConverter(PresetLoading, ImageConverter):
     not know."""
 
     backbone_cls = ConvertedBackbone
+
+    @classmethod
+    def preset_default(cls):
+        """Images pass unchanged: the input convention of the backbone
+        converted from is not known here (save its converter into the preset
+        to keep it)."""
+        return cls()

@@ -23,6 +23,8 @@ import os
 import shutil
 import tempfile
 
+from keras_hub.layers import ImageConverter
+
 # The JSON files keras-hub reads from a preset (its names).
 PRESET_JSON_FILES = (
     "config.json", "metadata.json", "task.json", "preprocessor.json",
@@ -119,17 +121,39 @@ class PresetLoading:
 
 class StagedSaving:
     """`save_to_preset` as keras-hub's, each file written whole (temporary
-    name, rename); a base before the keras-hub class. A backbone with a
-    `preset_image_converter()` also saves that converter where the preset
-    has none, so that keras-hub's image tasks load the preset."""
+    name, rename); a base before the keras-hub class. A backbone whose image
+    converter class (the one whose `backbone_cls` it is) has a
+    `preset_default()` also saves that converter where the preset has none,
+    so that keras-hub's image tasks load the preset."""
 
     def save_to_preset(self, preset_dir, max_shard_size=10):
         with staged_directory(preset_dir) as staging:
             super().save_to_preset(staging, max_shard_size=max_shard_size)
-            default = getattr(self, "preset_image_converter", None)
+            converter_cls = default_converter_class(type(self))
             present = any(
                 os.path.exists(os.path.join(folder, CONVERTER_FILE))
                 for folder in (preset_dir, staging)
             )
-            if default is not None and not present:
-                default().save_to_preset(staging)
+            if converter_cls is not None and not present:
+                converter_cls.preset_default().save_to_preset(staging)
+
+
+def default_converter_class(backbone_cls):
+    """The `ImageConverter` subclass tied to `backbone_cls` (or its nearest
+    base) that has a `preset_default()`, or None. keras-hub finds a preset's
+    classes the same way: by the `backbone_cls` of the subclasses."""
+    candidates = [
+        converter for converter in _subclasses(ImageConverter)
+        if hasattr(converter, "preset_default")
+    ]
+    for base in backbone_cls.__mro__:
+        for converter in candidates:
+            if converter.__dict__.get("backbone_cls", None) is base:
+                return converter
+    return None
+
+
+def _subclasses(cls):
+    for subclass in cls.__subclasses__():
+        yield subclass
+        yield from _subclasses(subclass)

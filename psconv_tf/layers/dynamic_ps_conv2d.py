@@ -12,6 +12,7 @@ from psconv_tf.engine import explicit_matrix
 from psconv_tf.layers import kronecker_mask
 from psconv_tf.engine import lattice
 from psconv_tf.engine import rate_conv
+from psconv_tf.layers.base import PSConvBase
 from psconv_tf.layers.ps_conv2d import PSConv2D
 
 SURROGATES = kronecker_mask.SURROGATES
@@ -27,10 +28,15 @@ MULTIPLIER_RANGE = (1e-6, 1e6)
 STATIC_ARGUMENTS = (
     "pattern", "cyclic", "layout", "dilation_rate", "dilation_matrix", "implementation",
 )
+# Arguments of DynamicPSConv2D that PSConv2D does not take.
+DYNAMIC_ARGUMENTS = (
+    "rates", "factor_shapes", "surrogate", "mask_initializer",
+    "initial_pattern", "mask_learning_rate_multiplier",
+)
 
 
 @keras.saving.register_keras_serializable(package="psconv_tf")
-class DynamicPSConv2D(PSConv2D):
+class DynamicPSConv2D(PSConvBase):
     """PSConv with a learned binary choice of rate per kernel (paper, §4.2).
 
     Every kernel (filter c, input channel k) runs at the small or the large
@@ -147,9 +153,10 @@ class DynamicPSConv2D(PSConv2D):
             bias_regularizer=bias_regularizer,
             activity_regularizer=activity_regularizer,
             kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint, pattern=rates, **kwargs,
+            bias_constraint=bias_constraint, **kwargs,
         )
-        self.cyclic = self.layout = None  # the lattice is learned
+        self._rates = rates
+        self._check_rates()
         if initial_pattern is None:
             initial_pattern = rates * 2
         try:
@@ -191,51 +198,31 @@ class DynamicPSConv2D(PSConv2D):
         self.factor_shapes = kronecker_mask.validate_factor_shapes(factor_shapes)
 
     @property
+    def rates(self):
+        """The two rates (small, large), ascending."""
+        return self._rates
+
+    @property
     def _rates_arguments(self):
         return "`rates`"
 
     @property
     def small_rate(self):
-        return self.pattern[0]
+        return self._rates[0]
 
     @property
     def large_rate(self):
-        return self.pattern[1]
+        return self._rates[1]
 
-    def build(self, input_shape):
-        if len(input_shape) != 4:
+    def _build_convolution(self, in_channels):
+        if in_channels % self.groups:
             raise ValueError(
-                "DynamicPSConv2D expects inputs of rank 4. Received: "
-                f"input_shape={input_shape}"
+                "The number of input channels must be divisible by "
+                f"`groups`. Received: groups={self.groups}, input "
+                f"channels={in_channels}."
             )
-        channel_axis = -1 if self.data_format == "channels_last" else 1
-        in_channels = input_shape[channel_axis]
-        if in_channels is None or in_channels % self.groups:
-            raise ValueError(
-                "The channel dimension of the inputs of DynamicPSConv2D must "
-                f"be known and divisible by groups={self.groups}. Received: "
-                f"input_shape={input_shape}"
-            )
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={channel_axis: in_channels})
-        lattice.check_kernels(self.filters, in_channels)
-        self.compute_output_shape(input_shape)
-        in_per_group = in_channels // self.groups
-        shapes = self._resolved_factor_shapes(in_per_group)
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=self.kernel_size + (in_per_group, self.filters),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias", shape=(self.filters,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
+        shapes = self._resolved_factor_shapes(in_channels // self.groups)
+        self._initial = list(zip(shapes, self._initial_factors(in_channels, shapes)))
         self._rate_convs = {
             rate: rate_conv.RateConv(
                 rate, self.kernel_size, self.strides, self.padding,
@@ -243,14 +230,17 @@ class DynamicPSConv2D(PSConv2D):
             )
             for rate in self.rates
         }
-        initial = self._initial_factors(in_channels, shapes)
+
+    def build(self, input_shape):
+        super().build(input_shape)  # checks, kernel and bias
         self.mask_factors = [
             self.add_weight(
                 name=f"mask_factor_{index}", shape=shape,
                 initializer=_constant_or(value, self._scale),
             )
-            for index, (shape, value) in enumerate(zip(shapes, initial))
+            for index, (shape, value) in enumerate(self._initial)
         ]
+        del self._initial
 
     @property
     def _scale(self):
@@ -294,7 +284,7 @@ class DynamicPSConv2D(PSConv2D):
 
     def _convolve(self, inputs, training):
         """Both rates as full convolutions with the kernel masked by M
-        (`PSConv2D.call` adds the bias and activation)."""
+        (`PSConvBase.call` adds the bias and activation)."""
         del training  # the mask is binary in training and inference alike
         large = ops.cast(ops.transpose(self.mask()), self.kernel.dtype)[None, None]
         masks = {self.small_rate: 1.0 - large, self.large_rate: large}
@@ -342,17 +332,45 @@ class DynamicPSConv2D(PSConv2D):
         return sum(math.prod(factor.shape) for factor in self.mask_factors)
 
     def freeze(self):
-        """The static `PSConv2D` with the learned D and this layer's weights."""
-        from psconv_tf.freeze import frozen_layer
+        """The built static `PSConv2D` with the learned D and this layer's
+        weights, which computes the same function at the static cost."""
+        static = PSConv2D.from_config(self.frozen_config())
+        in_channels = self.kernel.shape[2] * self.groups
+        shape = (None, None, None, in_channels)
+        if self.data_format == "channels_first":
+            shape = (None, in_channels, None, None)
+        static.build(shape)
+        self.copy_weights_to(static)
+        return static
 
-        return frozen_layer(self)
+    def frozen_config(self):
+        """The config of the static `PSConv2D` equal to this built layer: its
+        own config with the learned dilation matrix for the lattice."""
+        self._require_built("freeze")
+        rates = self.dilation_matrix()
+        if self.padding == "valid" and not (rates == self.large_rate).any():
+            raise ValueError(
+                f"Layer {self.name!r} has padding='valid' and has learned no "
+                f"kernel at its large rate {self.large_rate}: a static layer "
+                "would change the output size. Use padding='same' or 'symmetric'."
+            )
+        config = self.get_config()
+        for name in DYNAMIC_ARGUMENTS:
+            config.pop(name)
+        config["dilation_matrix"] = rates  # the block form, compacted at build
+        return config
+
+    def copy_weights_to(self, static):
+        """Assigns this layer's kernel and bias to the built static layer of
+        `frozen_config()`."""
+        static.kernel.assign(self.kernel)
+        if self.use_bias:
+            static.bias.assign(self.bias)
 
     def get_config(self):
         config = super().get_config()
-        for name in STATIC_ARGUMENTS:
-            config.pop(name, None)
         config.update(
-            rates=list(self.pattern),
+            rates=list(self.rates),
             factor_shapes=(
                 None if self.factor_shapes is None
                 else [list(shape) for shape in self.factor_shapes]

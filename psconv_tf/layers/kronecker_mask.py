@@ -6,6 +6,8 @@ import math
 import numpy as np
 from keras import ops
 
+from psconv_tf.engine import arguments
+
 SURROGATES = ("clipped_identity", "identity", "tanh")
 
 
@@ -83,8 +85,7 @@ def validate_factor_shapes(shapes):
     valid = shapes and all(
         len(shape) == 2
         and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-            and (v > 0 or v == -1)
+            arguments.is_int(v) and (v > 0 or v == -1)
             for v in shape
         )
         for shape in shapes

@@ -2,25 +2,19 @@
 
 import keras
 import numpy as np
-from keras import activations
-from keras import constraints
-from keras import initializers
-from keras import ops
-from keras import regularizers
 
-from psconv_tf.engine import arguments
+from psconv_tf.engine import arguments as arguments
 from psconv_tf.engine import autotune
 from psconv_tf.engine import executor
 from psconv_tf.engine import explicit_matrix
 from psconv_tf.engine import lattice
 from psconv_tf.engine import rate_conv
-
-PADDINGS = rate_conv.PADDINGS
+from psconv_tf.layers.base import PSConvBase
 IMPLEMENTATIONS = ("auto",) + executor.IMPLEMENTATIONS + executor.JAX_IMPLEMENTATIONS
 
 
 @keras.saving.register_keras_serializable(package="psconv_tf")
-class PSConv2D(keras.layers.Layer):
+class PSConv2D(PSConvBase):
     """Poly-Scale Convolution (Li, Yao & Chen, ECCV 2020), a `Conv2D` drop-in.
 
     Every kernel (filter c, input channel k) has its own dilation rate
@@ -45,7 +39,11 @@ class PSConv2D(keras.layers.Layer):
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
         dilation_rate: int or tuple of 2 equal ints, a base rate that
-            multiplies the pattern.
+            multiplies the pattern: every rate, the 1s included, so that
+            `pattern=(1,)` is `Conv2D(dilation_rate=...)`. Not the official
+            PyTorch layer's `dilation`, which is the rate of its dilated
+            parts only: official `PSConv2d(dilation=d)` is
+            `PSConv2D(pattern=(1, d, 1, 2 * d))` with `dilation_rate=1`.
         groups: int, number of channel groups; the cyclic pattern repeats in
             every group (PS group convolution).
         activation, use_bias, kernel_initializer, bias_initializer,
@@ -76,10 +74,11 @@ class PSConv2D(keras.layers.Layer):
     non-finite).
         implementation: `"auto"` (default: measured per input shape and
             cached, see `psconv_tf.engine.autotune`; with PSCONV_TF_AUTOTUNE=0 or
-            where nothing was measured, `"masked"` on a GPU under JAX, and
-            elsewhere `"masked"` for layers of at most 1024 kernels and
-            `"split"` above; `"fused"` is measured on GPUs under JAX only
-            and is never the default), or one of:
+            where nothing was measured, `autotune.default`: `"masked"` on a
+            GPU under JAX, elsewhere `"masked"` for layers of at most
+            `autotune.MASKED_KERNELS` kernels and `"split"` above; `"fused"`
+            is measured on GPUs under JAX only and is never the default), or
+            one of:
             `"split"`: one convolution per rate and input-class selection,
             each run in all layer groups at once;
             `"grouped"`: one grouped convolution per rate and branch shape;
@@ -153,22 +152,17 @@ class PSConv2D(keras.layers.Layer):
         implementation="auto",
         **kwargs,
     ):
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if not arguments.is_positive_int(filters):
-            raise ValueError(
-                "Argument `filters` must be a positive integer. "
-                f"Received: filters={filters!r}"
-            )
-        if not arguments.is_positive_int(groups):
-            raise ValueError(
-                "Argument `groups` must be a positive integer. "
-                f"Received: groups={groups!r}"
-            )
-        if filters % groups:
-            raise ValueError(
-                "Argument `filters` must be divisible by `groups`. "
-                f"Received: filters={filters}, groups={groups}."
-            )
+        super().__init__(
+            filters, kernel_size, strides=strides, padding=padding,
+            data_format=data_format, groups=groups, activation=activation,
+            use_bias=use_bias, kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint, **kwargs,
+        )
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(
                 f"Argument `implementation` must be one of {IMPLEMENTATIONS}. "
@@ -182,10 +176,6 @@ class PSConv2D(keras.layers.Layer):
                 f"'auto' or one of {executor.IMPLEMENTATIONS}."
             )
         self.implementation = implementation
-        self.filters = int(filters)
-        self.groups = int(groups)
-        self.kernel_size = arguments.pair(kernel_size, "kernel_size")
-        self.strides = arguments.pair(strides, "strides")
         self.dilation_rate = arguments.pair(dilation_rate, "dilation_rate")
         if self.dilation_rate[0] != self.dilation_rate[1]:
             raise ValueError(
@@ -193,20 +183,6 @@ class PSConv2D(keras.layers.Layer):
                 "width: the pattern sets each kernel's rate. Received: "
                 f"dilation_rate={self.dilation_rate}"
             )
-        padding = padding.lower() if isinstance(padding, str) else padding
-        if padding not in PADDINGS:
-            raise ValueError(
-                f"Argument `padding` must be one of {PADDINGS}. "
-                f"Received: padding={padding!r}"
-            )
-        self.padding = padding
-        data_format = data_format or keras.config.image_data_format()
-        if data_format not in ("channels_last", "channels_first"):
-            raise ValueError(
-                "Argument `data_format` must be 'channels_last' or "
-                f"'channels_first'. Received: data_format={data_format!r}"
-            )
-        self.data_format = data_format
         if dilation_matrix is not None:
             given = [name for name, value in
                      (("pattern", pattern), ("cyclic", cyclic), ("layout", layout))
@@ -225,7 +201,6 @@ class PSConv2D(keras.layers.Layer):
                 )
             self.pattern = self.cyclic = self.layout = None
             self._check_rates()
-            self._init_weights_arguments(locals())
             return
         self._rates_given = None
         pattern = (1, 2, 1, 4) if pattern is None else pattern
@@ -245,18 +220,6 @@ class PSConv2D(keras.layers.Layer):
         self.cyclic = cyclic
         self.layout = layout
         self._check_rates()
-        self._init_weights_arguments(locals())
-
-    def _init_weights_arguments(self, arguments):
-        self.activation = activations.get(arguments["activation"])
-        self.use_bias = arguments["use_bias"]
-        self.kernel_initializer = initializers.get(arguments["kernel_initializer"])
-        self.bias_initializer = initializers.get(arguments["bias_initializer"])
-        self.kernel_regularizer = regularizers.get(arguments["kernel_regularizer"])
-        self.bias_regularizer = regularizers.get(arguments["bias_regularizer"])
-        self.kernel_constraint = constraints.get(arguments["kernel_constraint"])
-        self.bias_constraint = constraints.get(arguments["bias_constraint"])
-        self.input_spec = keras.layers.InputSpec(ndim=4)
 
     @property
     def rates(self):
@@ -273,44 +236,7 @@ class PSConv2D(keras.layers.Layer):
         source = "`pattern`" if self._rates_given is None else "`dilation_matrix`"
         return f"{source} x `dilation_rate`"
 
-    def _check_rates(self):
-        lattice.check_rates(max(self.rates), self._rates_arguments)
-        # With an even kernel, rates of different parity have no common centre.
-        largest = max(self.rates)
-        for size in self.kernel_size:
-            for rate in self.rates:
-                if self.padding == "symmetric" and rate * (size - 1) % 2:
-                    raise ValueError(
-                        "padding='symmetric' needs rate * (kernel_size - 1) "
-                        f"even for every rate. Received: kernel_size="
-                        f"{self.kernel_size}, rates={self.rates}."
-                    )
-                if self.padding == "valid" and (largest - rate) * (size - 1) % 2:
-                    raise ValueError(
-                        "padding='valid' with an even kernel_size needs rates "
-                        f"of one parity. Received: kernel_size="
-                        f"{self.kernel_size}, rates={self.rates}."
-                    )
-
-    def build(self, input_shape):
-        if len(input_shape) != 4:
-            raise ValueError(
-                "PSConv2D expects inputs of rank 4 (batch, height, width, "
-                f"channels or channels first). Received: input_shape="
-                f"{input_shape}"
-            )
-        channel_axis = -1 if self.data_format == "channels_last" else 1
-        in_channels = input_shape[channel_axis]
-        if in_channels is None:
-            raise ValueError(
-                "The channel dimension of the inputs of PSConv2D must be "
-                f"known. Received: input_shape={input_shape}"
-            )
-        self.input_spec = keras.layers.InputSpec(
-            ndim=4, axes={channel_axis: in_channels}
-        )
-        lattice.check_kernels(self.filters, in_channels)
-        self.compute_output_shape(input_shape)
+    def _build_convolution(self, in_channels):
         if self._rates_given is not None:
             if in_channels % self.groups:
                 raise ValueError(
@@ -342,63 +268,11 @@ class PSConv2D(keras.layers.Layer):
         self._executors = {
             name: self._make_executor(name, in_channels) for name in sorted(names)
         }
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=self.kernel_size + (in_channels // self.groups, self.filters),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.filters,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-
-    def call(self, inputs, training=None):
-        self._check_inputs(inputs)
-        transpose = self._compute_format != self.data_format
-        if transpose:
-            inputs = ops.transpose(inputs, (0, 2, 3, 1))
-        outputs = self._convolve(inputs, training)
-        if self.use_bias:
-            shape = [1, 1, 1, 1]
-            shape[self._channel_axis] = self.filters
-            outputs = outputs + ops.reshape(self.bias, shape)
-        if transpose:
-            outputs = ops.transpose(outputs, (0, 3, 1, 2))
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
-
-    def _check_inputs(self, inputs):
-        """Refuses integer inputs, as `Conv2D` on TensorFlow does but with a
-        message, and sizes beyond the span bound (`compute_output_shape`)."""
-        dtype = keras.backend.standardize_dtype(inputs.dtype)
-        if "float" not in dtype:
-            raise ValueError(
-                f"{type(self).__name__} expects floating-point inputs. "
-                f"Received: inputs of dtype {dtype}. Cast them first, e.g. "
-                "keras.ops.cast(inputs, 'float32')."
-            )
-        self.compute_output_shape(tuple(inputs.shape))
 
     def _convolve(self, inputs, training):
         """Eq. 3 without bias, on inputs in the compute format."""
         implementation = autotune.implementation(self, inputs, bool(training))
         return self.implementation_executor(implementation)(inputs, self.kernel)
-
-    @property
-    def _compute_format(self):
-        # TensorFlow's CPU kernels differentiate dilated and explicitly padded
-        # convolutions in NHWC only, so TensorFlow computes channels last.
-        if keras.backend.backend() == "tensorflow":
-            return "channels_last"
-        return self.data_format
 
     def implementation_executor(self, implementation):
         """`fn(inputs, kernel)`: the layer without bias and activation, in
@@ -430,69 +304,10 @@ class PSConv2D(keras.layers.Layer):
             self._plan, convs, in_channels // self.groups, implementation
         )
 
-    @property
-    def _channel_axis(self):
-        return 3 if self._compute_format == "channels_last" else 1
-
-    def compute_output_shape(self, input_shape):
-        """The output shape; raises where an axis is too small for "valid"
-        or too small for the span bound (see the class docstring)."""
-        spatial = (1, 2) if self.data_format == "channels_last" else (2, 3)
-        shape = list(input_shape)
-        largest = max(self.rates)
-        for axis, size, stride in zip(spatial, self.kernel_size, self.strides):
-            length = shape[axis]
-            if not isinstance(length, (int, np.integer)):
-                continue  # unknown here; checked at call when known
-            length = int(length)
-            geometry = rate_conv.AxisGeometry(size, stride, largest, self.padding, largest)
-            if self.padding != "valid" and geometry.span > rate_conv.span_limit(length):
-                raise ValueError(
-                    f"The largest rate {largest} of {type(self).__name__} "
-                    f"(set by {self._rates_arguments}) with kernel_size="
-                    f"{self.kernel_size} spans {geometry.span} pixels, more "
-                    f"than max({rate_conv.MIN_SPAN_LIMIT}, "
-                    f"{rate_conv.SPAN_PER_INPUT} x {length}) for inputs of "
-                    f"shape {tuple(input_shape)}: with padding='{self.padding}' "
-                    "the padding would fill its kernels. Lower the rates or "
-                    "kernel_size, or use larger inputs."
-                )
-            length = geometry.output_length(length)
-            if length <= 0:
-                raise ValueError(
-                    f"Input of shape {tuple(input_shape)} is too small for "
-                    f"{type(self).__name__} with kernel_size={self.kernel_size}, "
-                    f"strides={self.strides}, padding='valid' and largest "
-                    f"rate {largest}."
-                )
-            shape[axis] = length
-        shape[-1 if self.data_format == "channels_last" else 1] = self.filters
-        return tuple(shape)
-
     def dilation_matrix(self):
         """D as an int array (filters, in_channels); 0 where no kernel."""
         self._require_built("dilation_matrix")
         return self._matrix.copy()
-
-    def dense_kernel(self):
-        """Every kernel at its place: (kh, kw, in_channels, filters).
-
-        Kernels across groups do not exist and are zeros here, so that
-        y = sum over rates d of conv(x, dense_kernel * (D == d), rate d).
-        """
-        self._require_built("dense_kernel")
-        kernel = self.kernel.numpy()
-        in_per_group = kernel.shape[2]
-        dense = np.zeros(
-            self.kernel_size + (in_per_group * self.groups, self.filters),
-            dtype=kernel.dtype,
-        )
-        out_per_group = self.filters // self.groups
-        for g in range(self.groups):
-            channels = slice(g * in_per_group, (g + 1) * in_per_group)
-            filters = slice(g * out_per_group, (g + 1) * out_per_group)
-            dense[:, :, channels, filters] = kernel[:, :, :, filters]
-        return dense
 
     def macs(self, input_shape):
         """Multiply-accumulates for one input of `input_shape` (no batch)."""
@@ -502,56 +317,16 @@ class PSConv2D(keras.layers.Layer):
         area = self.kernel_size[0] * self.kernel_size[1]
         return pixels * self._plan.macs_per_output_pixel(area)
 
-    def _require_built(self, method):
-        if not self.built:
-            raise ValueError(
-                f"`{method}()` needs the layer to be built: call it on an "
-                "input first (the input channels define the lattice)."
-            )
-
-    @classmethod
-    def from_config(cls, config):
-        return arguments.from_config(super().from_config, cls.__name__, config)
-
     def get_config(self):
         config = super().get_config()
         config.update(
-            {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "strides": self.strides,
-                "padding": self.padding,
-                "data_format": self.data_format,
-                "dilation_rate": self.dilation_rate,
-                "groups": self.groups,
-                "activation": activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_initializer": initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": initializers.serialize(
-                    self.bias_initializer
-                ),
-                "kernel_regularizer": regularizers.serialize(
-                    self.kernel_regularizer
-                ),
-                "bias_regularizer": regularizers.serialize(
-                    self.bias_regularizer
-                ),
-                "activity_regularizer": regularizers.serialize(
-                    self.activity_regularizer
-                ),
-                "kernel_constraint": constraints.serialize(
-                    self.kernel_constraint
-                ),
-                "bias_constraint": constraints.serialize(self.bias_constraint),
-                "pattern": None if self.pattern is None else list(self.pattern),
-                "cyclic": self.cyclic,
-                "layout": self.layout,
-                "implementation": self.implementation,
-                "dilation_matrix": None
-                if self._rates_given is None
-                else explicit_matrix.encode(self._rates_given),
-            }
+            dilation_rate=self.dilation_rate,
+            pattern=None if self.pattern is None else list(self.pattern),
+            cyclic=self.cyclic,
+            layout=self.layout,
+            implementation=self.implementation,
+            dilation_matrix=None
+            if self._rates_given is None
+            else explicit_matrix.encode(self._rates_given),
         )
         return config
