@@ -115,19 +115,29 @@ def mean_iou(segmenter, batches, num_classes=NUM_CLASSES):
     return float(np.mean(intersection[union > 0] / union[union > 0]))
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True,
-                        help="folder of the generated data (written if absent)")
-    parser.add_argument("--model", default="resnet18", help="zoo backbone name")
+                        help="folder of the generated data (written if absent); required")
+    parser.add_argument("--model", default="resnet18",
+                        help="zoo backbone name; default resnet18")
     parser.add_argument("--image-size", type=cli.positive_int, default=128,
-                        help="side the images are resized to (and generated at)")
-    parser.add_argument("--epochs", type=cli.positive_int, default=8, help="training epochs")
-    parser.add_argument("--batch-size", type=cli.positive_int, default=16, help="batch size")
+                        help="side the images are resized to (and generated at); default 128")
+    parser.add_argument("--epochs", type=cli.positive_int, default=8,
+                        help="training epochs; default 8")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=16,
+                        help="batch size; default 16")
     parser.add_argument("--learning-rate", type=cli.finite_float, default=1e-3,
-                        help="Adam learning rate")
+                        help="Adam learning rate at every batch size (not scaled with "
+                             "--batch-size); default 0.001")
     parser.add_argument("--seed", type=cli.seed, default=0,
-                        help=f"random seed, in [0, {cli.MAX_SEED}]")
+                        help=f"random seed, in [0, {cli.MAX_SEED}]; default 0")
+    cli.add_verbose_argument(parser)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     cli.check_model_name(args.model)
     if args.image_size < 32:
@@ -149,7 +159,7 @@ def main(argv=None):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     before = mean_iou(segmenter, val)
-    segmenter.fit(train, epochs=args.epochs, verbose=2)
+    segmenter.fit(train, epochs=args.epochs, verbose=args.verbose)
     print(f"mean IoU on val: {before:.3f} before training, {mean_iou(segmenter, val):.3f} after")
 
 

@@ -293,19 +293,19 @@ def add_runtime_arguments(parser, default_run_dir):
              "(MirroredStrategy over the local GPUs), multiworker "
              "(MultiWorkerMirroredStrategy from TF_CONFIG), tpu (TPUStrategy "
              "for --tpu); auto: tpu if --tpu is given, else multiworker if "
-             "TF_CONFIG lists several workers, else gpu if any, else cpu",
+             "TF_CONFIG lists several workers, else gpu if any, else cpu; default auto",
     )
     parser.add_argument("--tpu", default=None,
                         help="TPU name or grpc:// address ('local' on a TPU VM)")
     parser.add_argument(
         "--jit-compile", default="auto", choices=strategies.JIT_MODES,
         help="XLA-compile the forward and backward pass; auto: on for GPU and "
-             "TPU, off for CPU (measured slower there)",
+             "TPU, off for CPU (measured slower there); default auto",
     )
     parser.add_argument(
         "--precision", default="auto", choices=strategies.PRECISIONS,
         help="auto: mixed_bfloat16 on TPU, mixed_float16 (with loss scaling) "
-             "on GPU, fp32 on CPU",
+             "on GPU, fp32 on CPU; default auto",
     )
     parser.add_argument(
         "--backup-every", type=positive_int, default=1000, metavar="STEPS",
@@ -319,11 +319,7 @@ def add_runtime_arguments(parser, default_run_dir):
     parser.add_argument("--seed", type=seed, default=0,
                         help="seed of the initialization and the augmentation, in "
                              f"[0, {MAX_SEED}]; default 0")
-    parser.add_argument(
-        "--verbose", type=int, default=1, choices=(0, 1, 2),
-        help="0 silent, 1 progress (a bar on a terminal, else a plain line "
-             "every --log-every steps), 2 one line per epoch; default 1",
-    )
+    add_verbose_argument(parser)
     parser.add_argument("--log-every", type=positive_int, default=100, metavar="STEPS",
                         help="steps between progress lines when the output is "
                              "not a terminal; default 100")
@@ -336,6 +332,15 @@ def add_eval_only_argument(parser):
         "--eval-only", action="store_true",
         help="evaluate the run folder's best.keras on the validation data (the "
              "training data is not needed) and write nothing",
+    )
+
+
+def add_verbose_argument(parser):
+    """--verbose, 1 by default in every command."""
+    parser.add_argument(
+        "--verbose", type=int, default=1, choices=(0, 1, 2),
+        help="0 silent, 1 progress (a bar on a terminal, else a plain line "
+             "every --log-every steps), 2 one line per epoch; default 1",
     )
 
 

@@ -1,0 +1,109 @@
+"""One vocabulary for every command line: the shared flags' names, defaults
+and help, and the flags refused where they would change nothing."""
+
+import argparse
+
+import pytest
+
+import training_helpers
+from psconv_tf import models
+from psconv_tf.detection import segmentation
+from psconv_tf.runtime.errors import InputError
+from psconv_tf.training import cli
+
+pytestmark = pytest.mark.tensorflow
+
+SCRIPTS = {name: training_helpers.load_script(name)
+           for name in ("imagenet", "cifar", "quick_run", "coco")}
+# The batch each script's --learning-rate is given at.
+REFERENCE_BATCH = {"imagenet": 256, "cifar": 128, "quick_run": 128, "coco": 16}
+
+
+def _parsers():
+    return {**{name: script.build_parser() for name, script in SCRIPTS.items()},
+            "segmentation": segmentation.build_parser()}
+
+
+def _action(parser, flag):
+    (action,) = [action for action in parser._actions if flag in action.option_strings]
+    return action
+
+
+@pytest.mark.parametrize("name", ["imagenet", "cifar", "quick_run", "coco", "segmentation"])
+def test_verbose_is_1_by_default_everywhere(name):
+    action = _action(_parsers()[name], "--verbose")
+    assert action.default == 1 and action.choices == (0, 1, 2)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_BATCH))
+def test_learning_rate_help_names_its_batch(name):
+    text = _action(_parsers()[name], "--learning-rate").help
+    assert f"at batch {REFERENCE_BATCH[name]}, scaled linearly with --batch-size" in text
+
+
+def test_segmentation_says_its_learning_rate_is_not_scaled():
+    assert "not scaled" in _action(segmentation.build_parser(), "--learning-rate").help
+
+
+@pytest.mark.parametrize("name", ["imagenet", "cifar", "quick_run", "coco", "segmentation"])
+def test_help_shows_every_default(name):
+    for action in _parsers()[name]._actions:
+        if action.help in (None, argparse.SUPPRESS) or action.default is None:
+            continue  # an optional value: absent by default
+        if isinstance(action, (argparse._HelpAction, argparse._StoreTrueAction,
+                               argparse._StoreFalseAction)):
+            continue
+        shown = "default" in action.help or "required" in action.help
+        assert shown, (name, action.option_strings, action.help)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_BATCH))
+def test_decay_epochs_is_the_one_name(name, capsys):
+    parser = _parsers()[name]
+    assert parser.parse_args(["--decay-epochs", "2,3"]).decay_epochs == (2, 3)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--milestones", "8,11"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "error: argument --milestones: is now --decay-epochs (same values)")
+
+
+@pytest.mark.parametrize("name", ["imagenet", "cifar", "coco"])
+@pytest.mark.parametrize("flags, argument", [
+    (["--pattern", "1,2"], "pattern"), (["--cyclic", "input"], "cyclic"),
+    (["--mask-lr-multiplier", "10"], "mask_lr_multiplier")])
+def test_model_flags_that_would_change_nothing_are_refused(name, flags, argument):
+    args = _parsers()[name].parse_args(["--model", "resnet18", *flags])
+    with pytest.raises(InputError) as error:
+        cli.model_kwargs_from_args(args)
+    assert error.value.argument == argument
+    assert "only, not resnet18" in str(error.value)
+    assert "\n" not in cli.error_message(error.value)
+
+
+def test_ps_models_keep_their_default_pattern():
+    args = SCRIPTS["imagenet"].build_parser().parse_args(["--model", "ps_resnet18"])
+    assert cli.model_kwargs_from_args(args) == {"pattern": [1, 2, 1, 4], "cyclic": "both"}
+    args = SCRIPTS["imagenet"].build_parser().parse_args(["--model", "resnet18"])
+    assert cli.model_kwargs_from_args(args) == {}
+
+
+def test_the_mask_learning_rate_multiplier_reaches_the_dynamic_layers():
+    args = SCRIPTS["cifar"].build_parser().parse_args(
+        ["--model", "dps_cifar_resnet20", "--mask-lr-multiplier", "100"])
+    kwargs = cli.model_kwargs_from_args(args)
+    assert kwargs == {"dynamic_options": {"mask_learning_rate_multiplier": 100.0}}
+    model = models.get("dps_cifar_resnet20", num_classes=10, input_shape=(32, 32, 3), **kwargs)
+    multipliers = {layer.mask_learning_rate_multiplier for layer in _layers(model)
+                   if hasattr(layer, "mask_learning_rate_multiplier")}
+    assert multipliers == {100.0}
+    with pytest.raises(InputError, match="only, not ps_cifar_resnet20"):
+        cli.model_kwargs_from_args(SCRIPTS["cifar"].build_parser().parse_args(
+            ["--model", "ps_cifar_resnet20", "--mask-lr-multiplier", "100"]))
+
+
+def _layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _layers(layer)
