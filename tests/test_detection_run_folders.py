@@ -1,12 +1,9 @@
 """training/coco.py's and the segmentation example's folders and arguments:
 other files refused and left alone, the lock, one-line errors, stopping."""
 
-import json
 import os
-import signal
 
 import keras
-import numpy as np
 import pytest
 
 import training_helpers
@@ -15,11 +12,8 @@ from psconv_tf.detection import segmentation
 from psconv_tf.detection import synthetic
 from psconv_tf.training import cli
 from psconv_tf.runtime import ownership
-from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import NotARunFolderError
 from psconv_tf.runtime.errors import RunFolderInUseError
-from psconv_tf.training.stopping import StopSignals
-from psconv_tf.training.stopping import TrainingStopped
 
 pytestmark = pytest.mark.tensorflow
 
@@ -163,3 +157,26 @@ def test_segmentation_arguments_get_one_line(tmp_path, capsys):
                                         "resnet9000"]).startswith(
         "error: --model: unknown model 'resnet9000'; choose from")
     assert not (tmp_path / "data").exists()
+
+
+def test_segmentation_trains_through_the_trainer(tmp_path):
+    """The run folder of every training script; the validation mean IoU of
+    best.keras recounted in NumPy; a rerun with other settings refused."""
+    data = tmp_path / "data"
+    synthetic.generate(data, train_images=4, val_images=2, image_size=64, min_size=8,
+                       max_size=30)
+    run_dir = tmp_path / "run"
+    args = [str(arg) for arg in ("--data-dir", data, "--image-size", 64, "--batch-size", 2,
+                                 "--epochs", 1, "--run-dir", run_dir, "--strategy", "cpu",
+                                 "--verbose", 0)]
+    metrics = segmentation.main(args)
+    assert sorted(os.listdir(run_dir)) == ["backup", "best.keras", "config.json", "log.jsonl",
+                                           "logs", "metrics.json", "psconv_run.json"]
+    assert metrics["monitor"] == "mean_iou" and metrics["steps_done"] == 2
+    model = keras.saving.load_model(run_dir / "best.keras")
+    val = segmentation.dataset(str(data / "val"), str(data / "val_masks"), 64, 2,
+                               training=False)
+    assert metrics["final"]["mean_iou"] == pytest.approx(segmentation.mean_iou(model, val),
+                                                         abs=1e-6)
+    message = _message(segmentation.main, args + ["--learning-rate", "0.01"])
+    assert "recipe.learning_rate: 0.001 -> 0.01" in message

@@ -1,14 +1,16 @@
 """The paper's training recipes on tf.distribute, as a library (TensorFlow only).
 
 Modules, one job each:
-- `configs`: the recipes (`Recipe`, `IMAGENET`, `CIFAR`, `QUICK`);
+- `configs`: the recipes (`Recipe`, `IMAGENET`, `CIFAR`, `QUICK`, `COCO_1X`);
 - `optimizer`, `schedules`: `CoupledWeightDecaySGD` (PyTorch's weight
-  decay) and the cosine and step learning-rate schedules;
+  decay) and the one schedules module: cosine, step, warm-up + step (the
+  1x schedule) and the scaling of its milestones;
 - `strategy`: the `tf.distribute` strategy, precision and XLA;
 - `preprocessing`, `image_data`, `small_data`: ImageNet-style and
   small-image input pipelines (undecodable images skipped and named);
 - `trainer`, `metrics`, `run_options`: `Trainer` and `RunOptions`, the
-  resumable loop (callbacks welcome);
+  resumable loop of every task (its hooks: loss, metrics, evaluation;
+  callbacks welcome);
 - `backup`, `run_state`, `run_log`, `stopping`: its backup/, the run in
   progress, what it reports, and its stop on SIGINT or SIGTERM;
 - `run_config`: the run folder and its typed `config.json` (`RunConfig`),

@@ -227,8 +227,8 @@ def add_recipe_arguments(parser, recipe, default_decay=""):
         help="linear warm-up of the step schedule, in optimizer steps, from "
              f"{recipe.warmup_ratio:g} x the peak; default {recipe.warmup_steps}",
     )
-    parser.add_argument("--milestones", action=_Renamed, new_flag="--decay-epochs", default=argparse.SUPPRESS,
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--milestones", action=_Renamed, new_flag="--decay-epochs",
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 class _Renamed(argparse.Action):
@@ -362,7 +362,13 @@ def parse_args(parser, argv, script):
             f"not by {script}.", argument="config",
         )
     known = {action.dest for action in parser._actions}
-    parser.set_defaults(**{name: _from_json(value) for name, value in stored.arguments.items()
+    arguments = dict(stored.arguments)
+    if not str(arguments.get("model", "")).startswith("ps_"):
+        # Earlier releases stored the PS defaults for every model.
+        for name, default in (("pattern", list(DEFAULT_PATTERN)), ("cyclic", DEFAULT_CYCLIC)):
+            if arguments.get(name) == default:
+                arguments[name] = None
+    parser.set_defaults(**{name: _from_json(value) for name, value in arguments.items()
                            if name in known and name not in NOT_REPLAYED})
     return parser.parse_args(argv)
 

@@ -216,6 +216,19 @@ COCO_1X = Recipe(
 )
 
 
+# The segmentation example: Adam (AdamW without decay), 1e-3 at batch 16,
+# constant, 8 epochs.
+SEGMENTATION = Recipe(
+    epochs=8,
+    batch_size=16,
+    learning_rate=1e-3,
+    reference_batch_size=16,
+    weight_decay=0.0,
+    schedule="step",
+    optimizer="adamw",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class QuickRun:
     """The offline quick run: a PS model and its standard twin, same data.
