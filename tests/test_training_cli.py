@@ -123,3 +123,15 @@ def test_a_standard_model_s_run_of_an_earlier_release_replays(tmp_path):
     args = cli.parse_args(SCRIPTS["cifar"].build_parser(),
                           ["--config", str(tmp_path / "config.json")], "cifar")
     assert args.model == "cifar_resnet20" and cli.model_kwargs_from_args(args) == {}
+
+
+@pytest.mark.parametrize("name", ["coco", "segmentation"])
+def test_backbone_scripts_refuse_the_mask_multiplier_they_cannot_pass(name, tmp_path):
+    main = segmentation.main if name == "segmentation" else SCRIPTS[name].main
+    argv = ["--data-dir", str(tmp_path / "data"), "--model", "dps_resnet18",
+            "--mask-lr-multiplier", "10", "--run-dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(main, argv)
+    assert str(exit_info.value.code).startswith(
+        "error: --mask-lr-multiplier: the keras-hub backbone (PSResNetBackbone) does not take it")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()

@@ -127,7 +127,7 @@ def main(argv=None):
         results = task.evaluate_run(run_dir, data, _extras(args), args.batch_size)
         print(task.format_results(results))
         return results
-    model_kwargs = cli.model_kwargs_from_args(args)
+    model_kwargs = cli.model_kwargs_from_args(args, backbone=True)
     extras = _extras(args)
     files.check()
     recipe = cli.recipe_from_args(configs.COCO_1X, args, _decay_epochs)

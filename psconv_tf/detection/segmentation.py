@@ -173,7 +173,7 @@ def build_parser():
 
 def main(argv=None):
     args = cli.parse_args(build_parser(), argv, SCRIPT)
-    model_kwargs = cli.model_kwargs_from_args(args)
+    model_kwargs = cli.model_kwargs_from_args(args, backbone=True)
     if args.image_size < 32:
         raise InputError(f"must be at least 32; got {args.image_size}", argument="image_size")
     recipe = cli.recipe_from_args(configs.SEGMENTATION, args, lambda epochs: ())

@@ -146,14 +146,19 @@ def check_model_name(name, argument="model"):
         )
 
 
-def model_kwargs_from_args(args):
+def model_kwargs_from_args(args, backbone=False):
     """Validated zoo arguments: ps_ models take the pattern and cyclic mode,
     dps_ models the mask's learning-rate multiplier; given for another
-    model, each is refused (it would change nothing)."""
+    model, each is refused (it would change nothing), as the multiplier is
+    for a keras-hub backbone (`backbone`), which does not take it."""
     check_model_name(args.model)
     multiplier = getattr(args, "mask_lr_multiplier", None)
     if multiplier is not None and not args.model.startswith("dps_"):
         raise InputError(f"applies to the dynamic (dps_) models only, not {args.model}.",
+                         argument="mask_lr_multiplier")
+    if multiplier is not None and backbone:
+        raise InputError("the keras-hub backbone (PSResNetBackbone) does not take it; "
+                         "train the dps_ classifier with imagenet.py or cifar.py.",
                          argument="mask_lr_multiplier")
     if not args.model.startswith("ps_"):
         for name in ("pattern", "cyclic"):
