@@ -193,3 +193,20 @@ def test_the_1x_schedule_of_a_short_run():
     no_warmup = dataclasses.replace(recipe, warmup_steps=0)
     assert [float(schedules.learning_rate_schedule(no_warmup, 10)(step))
             for step in (9, 10)] == pytest.approx([0.005, 0.0005])
+
+
+def test_a_run_folder_of_the_earlier_detection_loop_is_refused(shapes, tmp_path):
+    """The earlier release's folders (final.keras, results.json, a per-epoch
+    Keras backup) cannot be resumed step-wise: refused, not retrained over."""
+    from psconv_tf.runtime import ownership
+
+    earlier = ownership.Kind("coco detection",
+                             entries=("backup", "final.keras", "results.json", "workers"),
+                             owned_folders=("backup",), peers="workers")
+    run_dir = tmp_path / "run"
+    with ownership.claim(run_dir, earlier):
+        (run_dir / "final.keras").write_text("the earlier run's model")
+    message = _message(coco.main, _args(shapes, run_dir))
+    assert message == (f"error: --run-dir: {run_dir} is a coco detection run folder, not a "
+                       "detection one; use another folder.")
+    assert (run_dir / "final.keras").read_text() == "the earlier run's model"

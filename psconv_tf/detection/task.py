@@ -32,7 +32,10 @@ DETECTOR_DEFAULTS = dict(min_size=800, max_size=1333, flip=True, frozen_stages=1
                          norm_eval=True, head_convs=4, backbone_weights=None, masked="error")
 
 # A detection run folder: the files of a classification one (`run_config`).
-KIND = dataclasses.replace(run_config.KIND, name="coco detection")
+# ("coco detection" named the folders of the earlier release's `fit`, with
+# final.keras, results.json and a per-epoch backup: refused, never retrained
+# over.)
+KIND = dataclasses.replace(run_config.KIND, name="detection")
 
 
 @dataclasses.dataclass(frozen=True)
