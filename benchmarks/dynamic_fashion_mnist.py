@@ -4,27 +4,28 @@ Trains, one after the other and from the same seed, `cifar_resnet20` (standard
 convs), `ps_cifar_resnet20` with the quick run's static lattice (1, 2, 1, 4),
 `ps_cifar_resnet20` with the lattice (1, 2, 1, 2) the dynamic model starts
 from, and `dps_cifar_resnet20` (DynamicPSConv2D, rates 1 and 2) with the
-mask learning-rate multiplier mu at its default 1 and at 100, with the
-quick run's budget: a seeded subset of 24,000 training images, 1 epoch at
-batch 32, SGD with momentum 0.9, coupled weight decay 5e-4, learning rate
-0.1 x 32 / 128 with a linear warm-up over the first quarter and a half-cosine
-decay, CIFAR augmentation (4-pixel zero padding, random 28 x 28 crop, random
-flip), pixels standardized with the training set's mean and deviation. All
-models see the same batches in the same order.
+mask learning-rate multiplier mu at its default 1 and at 100, exactly as
+the quick run trains (`psconv_tf.classification.runs.train_small_images`
+with `configs.QUICK`, each model in its run folder under --run-dir): a
+seeded subset of 24,000 training images, 1 epoch at batch 32, SGD with
+momentum 0.9, coupled weight decay 5e-4, learning rate 0.1 x 32 / 128 with
+a linear warm-up over the first quarter and a half-cosine decay, CIFAR
+augmentation (4-pixel zero padding, random 28 x 28 crop, random flip),
+pixels standardized with the training set's mean and deviation.
 
 It prints the test accuracy (10,000 images) of each model and of the frozen
 dynamic model, the share of kernels at the large rate per dynamic layer
-before and after training, the training time of each model and its ratio to
-the standard model (wall time and median step time; the machine may be
-shared, so times are noisy), and saves a plot of one learned lattice beside
+before and after training, the time of each model's run (training and
+evaluation) and its ratio to the standard model's (wall time and median
+step time; the machine may be shared, so times are noisy), and saves a plot of one learned lattice beside
 the static lattice it started from.
 
     python benchmarks/dynamic_fashion_mnist.py [--train-examples 24000]
         [--data-dir /usr/share/datasets/fashion-mnist] [--plot docs/dynamic_lattice.png]
+        [--run-dir runs/dynamic_fashion_mnist]
 """
 
 import argparse
-import gzip
 import os
 import time
 
@@ -33,92 +34,45 @@ import numpy as np
 import tensorflow as tf
 
 import psconv_tf
-from psconv_tf import models
 from psconv_tf.rate_share import dynamic_layers
+from psconv_tf.runtime import strategy as strategies
+from psconv_tf.classification import runs
+from psconv_tf.training import configs
+from psconv_tf.classification import small_data
+from psconv_tf.training.run_options import RunOptions
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
+SCRIPT = "dynamic_fashion_mnist"
 RUNS = (
     ("standard", "cifar_resnet20", {}),
-    ("static PS (1,2,1,4)", "ps_cifar_resnet20", {"pattern": (1, 2, 1, 4)}),
-    ("static PS (1,2,1,2)", "ps_cifar_resnet20", {"pattern": (1, 2, 1, 2)}),
+    ("static PS (1,2,1,4)", "ps_cifar_resnet20", {"pattern": [1, 2, 1, 4]}),
+    ("static PS (1,2,1,2)", "ps_cifar_resnet20", {"pattern": [1, 2, 1, 2]}),
     ("dynamic PS {1,2}, mu=1", "dps_cifar_resnet20", {}),
     ("dynamic PS {1,2}, mu=100", "dps_cifar_resnet20",
      {"dynamic_options": {"mask_learning_rate_multiplier": 100.0}}),
 )
-BATCH, EPOCHS, PEAK_LR, MOMENTUM, WEIGHT_DECAY, WARMUP = 32, 1, 0.1 * 32 / 128, 0.9, 5e-4, 0.25
+SHARE_EVERY = 150  # steps between samples of the large-rate share
 
 
-def read_idx(path):
-    """An IDX array of unsigned bytes (gzipped), checked against its header."""
-    with gzip.open(path) as file:
-        data = file.read()
-    if len(data) < 4 or data[:3] != b"\0\0\x08":
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes.")
-    rank = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(rank))
-    array = np.frombuffer(data, np.uint8, offset=4 + 4 * rank)
-    if array.size != np.prod(shape):
-        raise ValueError(f"{path} is truncated: {array.size} bytes for shape {shape}.")
-    return array.reshape(shape)
+class _Observer(keras.callbacks.Callback):
+    """The lattices at the start, the large-rate share every `SHARE_EVERY`
+    steps, and the time of every step."""
 
+    def __init__(self):
+        super().__init__()
+        self.initial, self.shares, self.step_seconds = {}, [], []
 
-def load(data_dir, train_examples, seed):
-    def split(prefix):
-        images = read_idx(os.path.join(data_dir, f"{prefix}-images-idx3-ubyte.gz"))
-        labels = read_idx(os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte.gz"))
-        return images[..., None].astype(np.float32), labels.astype(np.int32)
+    def on_train_begin(self, logs=None):
+        self.initial = {layer.name: layer.dilation_matrix()
+                        for layer in dynamic_layers(self.model)}
 
-    (train_x, train_y), (test_x, test_y) = split("train"), split("t10k")
-    mean, std = train_x.mean(), train_x.std()  # the whole training set
-    subset = np.random.default_rng(seed).permutation(len(train_x))[:train_examples]
-    return ((train_x[subset] - mean) / std, train_y[subset]), ((test_x - mean) / std, test_y)
+    def on_train_batch_begin(self, batch, logs=None):
+        self._tick = time.perf_counter()
 
-
-def augmented_batches(images, labels, seed, pad=4):
-    """The epoch's batches: shuffled, padded, randomly cropped and flipped."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(images))
-    size = images.shape[1]
-    for start in range(0, len(order) - BATCH + 1, BATCH):
-        index = order[start:start + BATCH]
-        padded = np.pad(images[index], ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        dy, dx = rng.integers(0, 2 * pad + 1, (2, BATCH))
-        batch = np.stack([p[y:y + size, x:x + size] for p, y, x in zip(padded, dy, dx)])
-        flip = rng.random(BATCH) < 0.5
-        batch[flip] = batch[flip, :, ::-1]
-        yield batch, labels[index]
-
-
-def train(model, train_data, steps, seed):
-    """Coupled weight decay SGD (as torch.optim.SGD) with warm-up and cosine."""
-    warmup = round(WARMUP * steps)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, steps - warmup, warmup_target=PEAK_LR, warmup_steps=warmup
-    )
-    optimizer = keras.optimizers.SGD(schedule, momentum=MOMENTUM)
-    variables = model.trainable_variables
-
-    @tf.function
-    def step(images, labels):
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-                labels, logits, from_logits=True))
-        gradients = tape.gradient(loss, variables)
-        gradients = [g + WEIGHT_DECAY * v for g, v in zip(gradients, variables)]
-        optimizer.apply(gradients, variables)
-        return loss
-
-    step_seconds, shares = [], []
-    started = time.perf_counter()
-    for epoch in range(EPOCHS):
-        for number, (images, labels) in enumerate(augmented_batches(*train_data, seed + epoch)):
-            tick = time.perf_counter()
-            step(images, labels).numpy()
-            step_seconds.append(time.perf_counter() - tick)
-            if number % 150 == 0 and dynamic_layers(model):
-                shares.append(_mean_large_share(model))
-    return time.perf_counter() - started, float(np.median(step_seconds[5:])), shares
+    def on_train_batch_end(self, batch, logs=None):
+        self.step_seconds.append(time.perf_counter() - self._tick)
+        if batch % SHARE_EVERY == 0 and self.initial:
+            self.shares.append(_mean_large_share(self.model))
 
 
 def _mean_large_share(model):
@@ -126,10 +80,13 @@ def _mean_large_share(model):
     return float(np.mean([layer.rate_shares()[layer.large_rate] for layer in layers]))
 
 
-def accuracy(model, test_data):
-    images, labels = test_data
+def accuracy(model, data):
+    """Test top-1 of `model` on a `small_data.SmallData`'s test split."""
+    images, labels = data.test
+    images = (images.astype(np.float32) - np.float32(data.mean)) / np.float32(data.stddev)
     predict = tf.function(lambda x: model(x, training=False))
-    logits = np.concatenate([predict(images[i:i + 500]).numpy() for i in range(0, len(images), 500)])
+    logits = np.concatenate([predict(images[i:i + 500]).numpy()
+                             for i in range(0, len(images), 500)])
     return float(np.mean(logits.argmax(-1) == labels))
 
 
@@ -155,22 +112,32 @@ def main(argv=None):
     parser.add_argument("--train-examples", type=int, default=24000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default="docs/dynamic_lattice.png")
+    parser.add_argument("--run-dir", default=os.path.join("runs", SCRIPT),
+                        help="folder of the models' run folders")
     args = parser.parse_args(argv)
-    train_data, test_data = load(args.data_dir, args.train_examples, args.seed)
-    steps = EPOCHS * (len(train_data[0]) // BATCH)
-    results, dynamic = {}, {}
-    for label, name, kwargs in RUNS:
-        keras.utils.set_random_seed(args.seed)
-        model = models.get(name, num_classes=10, input_shape=(28, 28, 1), **kwargs)
-        initial = {l.name: l.dilation_matrix() for l in dynamic_layers(model)}
-        seconds, step_time, shares = train(model, train_data, steps, args.seed)
-        results[label] = dict(top1=accuracy(model, test_data), seconds=seconds,
-                              step=step_time, shares=shares)
-        print(f"{label}: test top-1 {results[label]['top1']:.4f}, {seconds:.0f} s", flush=True)
-        if initial:
+    data = small_data.load_data("fashion_mnist", args.data_dir, args.train_examples,
+                                args.seed, download=False)
+    strategy = strategies.create_strategy("cpu" if not tf.config.list_physical_devices("GPU")
+                                          else "gpu")
+    results, dynamic, initial = {}, {}, {}
+    for number, (label, name, kwargs) in enumerate(RUNS):
+        options = RunOptions(os.path.join(args.run_dir, f"{number}_{name}"), verbose=0)
+        config = runs.small_image_config(
+            name, kwargs, data, configs.QUICK, args.seed, strategy, options, SCRIPT, {})
+        observer = _Observer()
+        metrics = runs.train_small_images(config, data, strategy, options,
+                                                    callbacks=[observer])
+        model = observer.model
+        results[label] = dict(top1=metrics["final"]["top1"], seconds=metrics["seconds"],
+                              step=float(np.median(observer.step_seconds[5:])),
+                              shares=observer.shares)
+        print(f"{label}: test top-1 {results[label]['top1']:.4f}, "
+              f"{results[label]['seconds']:.0f} s", flush=True)
+        if observer.initial:
+            initial = observer.initial
             dynamic[label] = model
-            results[label + ", frozen"] = dict(top1=accuracy(psconv_tf.freeze(model), test_data))
-    _print_tables(results, dynamic, initial, len(train_data[0]), len(test_data[0]), args.seed)
+            results[label + ", frozen"] = dict(top1=accuracy(psconv_tf.freeze(model), data))
+    _print_tables(results, dynamic, initial, len(data.train[0]), len(data.test[0]), args.seed)
     last = dynamic[label]
     changed = {l.name: np.mean(initial[l.name] != l.dilation_matrix()) for l in dynamic_layers(last)}
     shown = max(changed, key=changed.get)
@@ -181,9 +148,10 @@ def main(argv=None):
 
 def _print_tables(results, dynamic, initial, train_count, test_count, seed):
     base = results["standard"]
-    print(f"\nFashion-MNIST, {train_count} training images, {EPOCHS} epoch, "
-          f"batch {BATCH}, seed {seed}; test set of {test_count}:")
-    print("| model | test top-1 | training time | vs standard (wall) | vs standard (median step) |")
+    recipe = configs.QUICK
+    print(f"\nFashion-MNIST, {train_count} training images, {recipe.epochs} epoch, "
+          f"batch {recipe.batch_size}, seed {seed}; test set of {test_count}:")
+    print("| model | test top-1 | training + evaluation | vs standard (wall) | vs standard (median step) |")
     print("|---|---|---|---|---|")
     for label, result in results.items():
         if "seconds" not in result:
@@ -204,7 +172,7 @@ def _print_tables(results, dynamic, initial, train_count, test_count, seed):
         print(f"| {name} | {np.mean(start[start > 0] == 2):.1%} | " + " | ".join(cells) + " |")
     for label in dynamic:
         trajectory = ", ".join(f"{share:.1%}" for share in results[label]["shares"])
-        print(f"{label}: mean large-rate share every 150 steps: {trajectory}")
+        print(f"{label}: mean large-rate share every {SHARE_EVERY} steps: {trajectory}")
 
 
 if __name__ == "__main__":

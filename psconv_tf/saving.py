@@ -43,13 +43,12 @@ DEFERRED_CLASSES = {
     "psconv_tf>ConvertedImageClassifierPreprocessor": "psconv_tf.hub",
     "psconv_tf>ConvertedImageClassifier": "psconv_tf.hub",
     "psconv_training>CoupledWeightDecaySGD": "psconv_tf.training",
-    "psconv_tf>WarmupPiecewise": "psconv_tf.detection.retinanet",
+    "psconv_tf>WarmupPiecewise": "psconv_tf.training",
 }
 # What each optional module imports, and the extra that installs it.
 REQUIREMENTS = {
     "psconv_tf.hub": (("keras_hub",), "detect"),
     "psconv_tf.training": (("tensorflow",), "cpu"),
-    "psconv_tf.detection.retinanet": (("tensorflow", "keras_hub"), "cpu,detect"),
 }
 OWN_PACKAGES = ("psconv_tf", "psconv_training")
 CONFIG_MEMBER = "config.json"  # of a .keras archive

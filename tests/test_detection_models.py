@@ -1,6 +1,7 @@
 """RetinaNet and DeepLabV3 on a PS backbone: build, one training step, save,
 reload, same outputs; training/coco.py end to end on generated data."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ from psconv_tf import hub
 from psconv_tf.detection import retinanet
 from psconv_tf.detection import segmentation
 from psconv_tf.detection import synthetic
+from psconv_tf.training import cli
 from torch_layout import state_dict_of
 
 SIZE = 64
@@ -74,7 +76,10 @@ def test_deeplab_trains_saves_and_reloads(tmp_path):
 
 
 def test_schedule_is_the_1x_schedule():
-    rate = retinanet.Schedule().learning_rate(global_batch_size=32, steps_per_epoch=100)
+    from psconv_tf.training import configs
+    from psconv_tf.training.schedules import learning_rate_schedule
+
+    rate = learning_rate_schedule(dataclasses.replace(configs.COCO_1X, batch_size=32), 100)
     # Linear scaling (0.01 at 16 -> 0.02), warm-up from 0.001 of it over 500 steps.
     for step, expected in ((0, 2e-5), (250, 0.02 * (0.001 + 0.999 * 0.5)), (500, 0.02),
                            (799, 0.02), (800, 0.002), (1099, 0.002), (1100, 0.0002)):
@@ -96,7 +101,7 @@ def test_coco_script_documents_every_flag():
         assert action.help and len(action.help) > 10, action.option_strings
     text = parser.format_help()
     for flag in ("--data-dir", "--annotations", "--backbone-weights", "--frozen-stages",
-                 "--norm-eval", "--milestones", "--min-size", "--max-size", "--no-flip",
+                 "--norm-eval", "--decay-epochs", "--min-size", "--max-size", "--no-flip",
                  "--strategy", "--precision", "--jit-compile", "--eval-only"):
         assert flag in text, flag
 
@@ -110,27 +115,24 @@ def test_coco_script_runs_end_to_end(tmp_path):
                "--annotations", train_json, "--images", train_dir,
                "--val-annotations", val_json, "--val-images", val_dir,
                "--model", "resnet18", "--min-size", "64", "--max-size", "64",
-               "--batch-size", "2", "--epochs", "1", "--milestones", "1",
-               "--steps-per-epoch", "1", "--head-convs", "1", "--run-dir", str(run_dir)]
+               "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "1",
+               "--head-convs", "1", "--run-dir", str(run_dir)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "box AP" in result.stdout
     # Strict JSON: an AP without objects of its size (none is large here) is null.
-    results = json.loads((run_dir / "results.json").read_text(),
-                         parse_constant=lambda name: pytest.fail(f"results.json holds {name}"))
-    assert set(results) == {"AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"}
-    assert results["AP_L"] is None
-    assert (run_dir / "final.keras").is_file() and not (run_dir / "backup").exists()
-    # The same command again: the run is complete, nothing is trained or rewritten.
-    stored = (run_dir / "final.keras").stat().st_mtime_ns, (run_dir / "results.json").read_bytes()
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and f"{run_dir} is complete: nothing to do" in again.stdout
-    assert stored == ((run_dir / "final.keras").stat().st_mtime_ns,
-                      (run_dir / "results.json").read_bytes())
-    # A bad flag value is one line naming the flag.
-    bad = subprocess.run(command[:-2] + ["--run-dir", str(run_dir), "--milestones", "5"],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "--milestones" in bad.stderr.strip().splitlines()[-1]
+    metrics = json.loads((run_dir / "metrics.json").read_text(),
+                         parse_constant=lambda name: pytest.fail(f"metrics.json holds {name}"))
+    assert set(metrics["final"]) == {"AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"}
+    assert metrics["final"]["AP_L"] is None and metrics["monitor"] == "AP"
+    assert sorted(os.listdir(run_dir)) == ["backup", "best.keras", "config.json", "log.jsonl",
+                                           "logs", "metrics.json", "psconv_run.json"]
+    # A bad flag value is one line naming the flag, before any data is read.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(_coco_script().main, command[2:-2] + ["--run-dir", str(run_dir),
+                                                           "--decay-epochs", "5"])
+    assert str(exit_info.value.code).startswith("error: --decay-epochs: must be increasing "
+                                                "epochs in (0, 1)")
 
 
 def test_backbone_weights_from_a_keras_file(tmp_path):

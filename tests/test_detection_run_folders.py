@@ -1,25 +1,19 @@
 """training/coco.py's and the segmentation example's folders and arguments:
 other files refused and left alone, the lock, one-line errors, stopping."""
 
-import json
 import os
-import signal
 
 import keras
-import numpy as np
 import pytest
 
 import training_helpers
-from psconv_tf.detection import coco_lib
+from psconv_tf.detection import task
 from psconv_tf.detection import segmentation
 from psconv_tf.detection import synthetic
 from psconv_tf.training import cli
 from psconv_tf.runtime import ownership
-from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import NotARunFolderError
 from psconv_tf.runtime.errors import RunFolderInUseError
-from psconv_tf.training.stopping import StopSignals
-from psconv_tf.training.stopping import TrainingStopped
 
 pytestmark = pytest.mark.tensorflow
 
@@ -38,7 +32,7 @@ def _args(shapes, run_dir, *extra):
     return [str(arg) for arg in (
         "--annotations", train_json, "--images", train_dir, "--val-annotations", val_json,
         "--val-images", val_dir, "--model", "resnet18", "--min-size", 64, "--max-size", 64,
-        "--batch-size", 2, "--epochs", 1, "--milestones", 1, "--steps-per-epoch", 1,
+        "--batch-size", 2, "--epochs", 1, "--steps-per-epoch", 1,
         "--head-convs", 1, "--strategy", "cpu", "--run-dir", run_dir, *extra)]
 
 
@@ -78,7 +72,8 @@ def test_a_folder_of_other_files_is_refused_before_the_data_is_read(tmp_path, sh
      "error: --frozen-stages: must be from -1 (none) to 4 (every stage of resnet18); got 99"),
     (["--frozen-stages", "-2"],
      "error: --frozen-stages: must be from -1 (none) to 4 (every stage of resnet18); got -2"),
-    (["--warmup-steps", "-5"], "error: --warmup-steps: must be 0 or more; got -5"),
+    (["--warmup-steps", "-5"],
+     "error: --warmup-steps: must be 0 or more. Received: warmup_steps=-5"),
     (["--run-dir", "{file}"], "error: --run-dir: {file} is a file, not a folder."),
     (["--run-dir", "{file}/run"], "error: --run-dir: {file} is a file, not a folder."),
 ])
@@ -104,71 +99,24 @@ def test_eval_only_names_a_damaged_model_file(tmp_path, shapes):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    model.save(run_dir / "final.keras")
-    (run_dir / "final.keras").write_bytes((run_dir / "final.keras").read_bytes()[:3000])
+    model.save(run_dir / "best.keras")
+    (run_dir / "best.keras").write_bytes((run_dir / "best.keras").read_bytes()[:3000])
     assert _message(coco.main, _args(shapes, run_dir, "--eval-only")) == (
-        f"error: --run-dir: {run_dir / 'final.keras'} is damaged (not a whole .keras zip "
+        f"error: --run-dir: {run_dir / 'best.keras'} is damaged (not a whole .keras zip "
         "file: truncated or overwritten); train again in a new run folder, or restore the file")
 
 
 def test_a_folder_in_use_is_refused(tmp_path, shapes):
-    with ownership.claim(tmp_path / "run", coco_lib.KIND):
+    with ownership.claim(tmp_path / "run", task.KIND):
         message = _message(coco.main, _args(shapes, tmp_path / "run"))
     assert message.startswith(f"error: --run-dir: {tmp_path / 'run'} is in use by process "
                               f"{os.getpid()} on ")
 
 
-def test_a_signal_stops_fit_after_the_step_and_names_the_resume_point():
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile(optimizer="sgd", loss="mse")
-    data = (np.zeros((8, 2), "float32"), np.zeros((8, 1), "float32"))
-
-    class Interrupt(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            if (self.epoch, batch) == (1, 2):
-                os.kill(os.getpid(), signal.SIGINT)
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-    steps = []
-    counter = keras.callbacks.LambdaCallback(
-        on_train_batch_end=lambda batch, logs: steps.append(batch))
-    with StopSignals() as signals, pytest.raises(TrainingStopped) as stop:
-        model.fit(*data, batch_size=1, epochs=3, verbose=0,
-                  callbacks=[Interrupt(), counter, coco_lib._StopAtStep(signals)])
-    assert len(steps) == 8 + 3  # epoch 1, and steps 0, 1, 2 of epoch 2
-    assert stop.value.exit_status == 130
-    assert str(stop.value) == ("stopped by SIGINT at epoch 2, step 3; rerun the same command "
-                               "to resume (from the backup at epoch 2, step 0)")
-
-
-@pytest.mark.parametrize("damaged", ["latest.weights.h5", "training_metadata.json"])
-def test_a_damaged_detection_backup_is_named(tmp_path, damaged):
-    """The backup is written whole (a temporary, renamed); a damaged one is
-    named in one line instead of a traceback of h5py or json."""
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile(optimizer="sgd", loss="mse")
-    data = (np.zeros((4, 2), "float32"), np.zeros((4, 1), "float32"))
-    backup = tmp_path / "run" / "backup"
-    model.fit(*data, epochs=1, verbose=0, callbacks=[coco_lib._Backup(str(backup), "run")])
-    assert sorted(os.listdir(backup)) == ["latest.weights.h5", "training_metadata.json"]
-    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 1
-    path = backup / damaged
-    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
-    with pytest.raises(InputError) as error:
-        model.fit(*data, epochs=2, verbose=0, callbacks=[coco_lib._Backup(str(backup), "run")])
-    message = str(error.value)
-    assert message.startswith(f"{path} "), message
-    assert message.endswith(f"; move {backup} away to start the training over, or use "
-                            "another run folder than run")
-    assert "\n" not in message
-
-
 def test_results_without_objects_of_a_size_are_null():
     results = {"AP": 0.5, "AP50": 1.0, "AP75": 0.0, "AP_S": 0.5, "AP_M": float("nan"),
                "AP_L": float("nan")}
-    assert coco_lib.format_results({**results, "AP_M": None, "AP_L": None}) == (
+    assert task.format_results({**results, "AP_M": None, "AP_L": None}) == (
         "box AP 50.0  AP50 100.0  AP75 0.0  AP_S 50.0  AP_M -  AP_L -")
 
 
@@ -209,3 +157,26 @@ def test_segmentation_arguments_get_one_line(tmp_path, capsys):
                                         "resnet9000"]).startswith(
         "error: --model: unknown model 'resnet9000'; choose from")
     assert not (tmp_path / "data").exists()
+
+
+def test_segmentation_trains_through_the_trainer(tmp_path):
+    """The run folder of every training script; the validation mean IoU of
+    best.keras recounted in NumPy; a rerun with other settings refused."""
+    data = tmp_path / "data"
+    synthetic.generate(data, train_images=4, val_images=2, image_size=64, min_size=8,
+                       max_size=30)
+    run_dir = tmp_path / "run"
+    args = [str(arg) for arg in ("--data-dir", data, "--image-size", 64, "--batch-size", 2,
+                                 "--epochs", 1, "--run-dir", run_dir, "--strategy", "cpu",
+                                 "--verbose", 0)]
+    metrics = segmentation.main(args)
+    assert sorted(os.listdir(run_dir)) == ["backup", "best.keras", "config.json", "log.jsonl",
+                                           "logs", "metrics.json", "psconv_run.json"]
+    assert metrics["monitor"] == "mean_iou" and metrics["steps_done"] == 2
+    model = keras.saving.load_model(run_dir / "best.keras")
+    val = segmentation.dataset(str(data / "val"), str(data / "val_masks"), 64, 2,
+                               training=False)
+    assert metrics["final"]["mean_iou"] == pytest.approx(segmentation.mean_iou(model, val),
+                                                         abs=1e-6)
+    message = _message(segmentation.main, args + ["--learning-rate", "0.01"])
+    assert "recipe.learning_rate: 0.001 -> 0.01" in message

@@ -15,7 +15,7 @@ import psconv_tf
 from psconv_tf import hub
 from psconv_tf import models
 from psconv_tf import saving
-from psconv_tf.detection.retinanet import WarmupPiecewise
+from psconv_tf.training.schedules import WarmupPiecewise
 from psconv_tf.training import CoupledWeightDecaySGD
 
 SIZE = 16

@@ -226,7 +226,7 @@ class _HingeTrainer(Trainer):
         return [keras.metrics.Mean(name="loss"),
                 keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
-    def per_example_loss(self, labels, outputs):
+    def per_example_loss(self, labels, outputs, images):
         correct = tf.gather(outputs, labels, batch_dims=1)
         return tf.reduce_sum(tf.nn.relu(1.0 + outputs - correct[:, None]), axis=-1) - 1.0
 

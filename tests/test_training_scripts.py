@@ -1,5 +1,6 @@
 """The training scripts end to end: run folders, resuming, multi-worker, errors."""
 
+import argparse
 import json
 import os
 import signal
@@ -326,6 +327,8 @@ def test_help_documents_every_flag(script):
     parser = script.build_parser()
     text = parser.format_help()
     for action in parser._actions:
+        if action.help == argparse.SUPPRESS:  # a flag of an earlier release, refused
+            continue
         for option in action.option_strings:
             assert option in text
         assert action.help, f"{action.option_strings} has no help"

@@ -5,7 +5,9 @@ The paper (Table 7) fine-tunes Mask R-CNN in MMDetection; keras-hub has no
 Mask R-CNN, so this is RetinaNet on the same backbones, schedule and
 augmentation: SGD 0.9 with coupled weight decay 1e-4, learning rate 0.01 at
 16 images (scaled linearly with --batch-size), 500 steps of linear warm-up,
-12 epochs with the rate divided by 10 at epochs 8 and 11, images resized to
+12 epochs with the rate divided by 10 at epochs 8 and 11 (for other --epochs
+at 8/12 and 11/12 of them, rounded down: 16 and 22 of 24; --decay-epochs
+places them), gradients clipped to norm 35, images resized to
 shorter side 800 / longer side at most 1333 with random horizontal flips,
 the backbone's stem and first stage frozen and its BatchNorm statistics
 fixed. Evaluation: box AP, AP50, AP75, AP_S, AP_M, AP_L (pycocotools).
@@ -15,12 +17,17 @@ downloaded; `tfds build coco/2017 --data_dir DIR` prepares it), or COCO-format
 files: --annotations/--images and --val-annotations/--val-images. A bad
 annotation record is skipped and named; an unusable file stops with one line.
 
-Run folder: psconv_run.json (what the run writes there), backup/ (restarting
-the same command resumes from the last epoch; removed once final.keras is
-written), final.keras, results.json (null for an AP that is undefined). A
-folder holding other files is refused (--force-run-dir adds the run's files
-among them); one run at a time writes it; a finished run is left as it is.
-Ctrl-C or SIGTERM stops at the next step and says where a rerun resumes.
+Run folder (default runs/coco), as every training script's: psconv_run.json,
+config.json, best.keras (the detector of the best validation AP), backup/,
+log.jsonl, logs/ (TensorBoard), metrics.json (AP, AP50, AP75, AP_S, AP_M,
+AP_L after every epoch; null for an AP that is undefined). A folder holding
+other files is refused (--force-run-dir adds the run's files among them); one
+run at a time writes it. Ctrl-C or SIGTERM stops at the next step, saving a
+backup; rerunning the same command (or after a kill) resumes at the step of
+the last backup; a rerun with other settings is refused, naming them; a
+finished run is left as it is. --config RUN/config.json replays a run's
+settings; --eval-only evaluates a run's best.keras on the validation data
+alone.
 
     python training/coco.py --data-dir /data/tfds --model ps_resnet50 \\
         --backbone-weights ps_resnet50.pth --run-dir runs/retinanet_ps_r50
@@ -28,9 +35,20 @@ Ctrl-C or SIGTERM stops at the next step and says where a rerun resumes.
 
 import argparse
 
-from psconv_tf.detection import coco_lib
+from psconv_tf.detection import input_pipeline
+from psconv_tf.detection import task
 from psconv_tf.training import cli
-from psconv_tf.runtime import strategy as strategies
+from psconv_tf.training import configs
+from psconv_tf.training import schedules
+from psconv_tf import models
+from psconv_tf.runtime import ownership
+from psconv_tf.runtime.errors import InputError
+from psconv_tf.runtime.run_config import Preprocessing
+from psconv_tf.runtime.run_config import RunConfig
+from psconv_tf.training.run_log import summary_line
+
+SCRIPT = "coco"
+DEFAULT_RUN_DIR = "runs/coco"
 
 
 def build_parser():
@@ -43,8 +61,10 @@ def build_parser():
     data.add_argument("--images", help="folder of the training images")
     data.add_argument("--val-annotations", help="validation COCO JSON")
     data.add_argument("--val-images", help="folder of the validation images")
+    data.add_argument("--steps-per-epoch", type=cli.positive_int,
+                      help="training steps per epoch; default one pass over the data")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default="ps_resnet50", help="zoo backbone name; default ps_resnet50")
+    cli.add_model_arguments(model, "ps_resnet50")
     model.add_argument("--backbone-weights",
                        help="ImageNet run folder, .keras zoo model or .pth checkpoint")
     model.add_argument("--masked", default="error", choices=("error", "zero"),
@@ -57,57 +77,88 @@ def build_parser():
     model.add_argument("--head-convs", type=cli.positive_int, default=4,
                        help="3x3 convs of each RetinaNet head before its output; default 4")
     recipe = parser.add_argument_group("recipe (the 1x schedule)")
-    recipe.add_argument("--epochs", type=cli.positive_int, default=12,
-                        help="training epochs; default 12")
-    recipe.add_argument("--milestones", type=cli.int_list, default=(8, 11),
-                        help="epochs at which the learning rate drops 10x; default 8,11")
-    recipe.add_argument("--batch-size", type=cli.positive_int, default=16,
-                        help="global batch size; default 16")
-    recipe.add_argument("--learning-rate", type=cli.finite_float, default=0.01,
-                        help="learning rate at batch 16, scaled linearly; default 0.01")
-    recipe.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"),
-                        help="sgd (momentum 0.9, coupled weight decay: the recipe) or "
-                             "adam (AdamW, for short runs from scratch); default sgd")
-    recipe.add_argument("--warmup-steps", type=int, default=500,
-                        help="steps of linear warm-up; default 500")
+    cli.add_recipe_arguments(recipe, configs.COCO_1X,
+                             default_decay="8,11 of 12 epochs, scaled with --epochs")
     recipe.add_argument("--min-size", type=cli.positive_int, default=800,
                         help="shorter image side after resizing; default 800")
     recipe.add_argument("--max-size", type=cli.positive_int, default=1333,
                         help="longest image side after resizing; default 1333")
     recipe.add_argument("--no-flip", dest="flip", action="store_false",
                         help="no random horizontal flips")
-    recipe.add_argument("--steps-per-epoch", type=cli.positive_int,
-                        help="training steps per epoch; default one pass over the data")
     run = parser.add_argument_group("run")
-    run.add_argument("--run-dir", default="runs/coco",
-                     help="run folder; default runs/coco. A folder that holds other "
-                          "files and no run is refused")
-    run.add_argument("--force-run-dir", action="store_true",
-                     help="use a --run-dir that holds files of its own: the run adds its "
-                          "files among them, refuses if one of its names is taken, and "
-                          "never touches the others")
-    run.add_argument("--strategy", default="auto", choices=strategies.STRATEGIES,
-                     help="tf.distribute strategy: cpu, gpu (mirrored), multiworker "
-                          "(TF_CONFIG), tpu (--tpu); auto picks the first available of "
-                          "tpu, multiworker, gpu, cpu")
-    run.add_argument("--tpu", help="TPU name or grpc:// address ('local' on a TPU VM)")
-    run.add_argument("--precision", default="auto", choices=strategies.PRECISIONS,
-                     help="auto: mixed_bfloat16 on TPU, mixed_float16 on GPU, fp32 on CPU")
-    run.add_argument("--jit-compile", default="auto", choices=strategies.JIT_MODES,
-                     help="XLA-compile the training step; auto: on for GPU and TPU")
-    run.add_argument("--eval-only", action="store_true",
-                     help="evaluate the run folder's final.keras, no training")
-    run.add_argument("--seed", type=cli.seed, default=0,
-                     help=f"random seed, in [0, {cli.MAX_SEED}]; default 0")
-    run.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
-                     help="0 silent, 1 progress bar, 2 one line per epoch; default 2")
+    cli.add_runtime_arguments(run, DEFAULT_RUN_DIR)
+    cli.add_eval_only_argument(run)
     return parser
 
 
+def _decay_epochs(epochs):
+    return schedules.scaled_milestones(configs.COCO_1X.decay_epochs, configs.COCO_1X.epochs,
+                                       epochs)
+
+
+def _data_files(args):
+    return task.DataFiles(args.data_dir, args.annotations, args.images, args.val_annotations,
+                          args.val_images)
+
+
+def _extras(args):
+    """The detector's settings (`task.DETECTOR_DEFAULTS`), checked."""
+    stages = len(models.architecture(args.model)["stages"])
+    if not -1 <= args.frozen_stages <= stages:
+        raise InputError(f"must be from -1 (none) to {stages} (every stage of {args.model}); "
+                         f"got {args.frozen_stages}", argument="frozen_stages")
+    try:
+        input_pipeline.InputConfig(args.min_size, args.max_size)
+    except ValueError as error:
+        raise InputError(str(error), argument="min_size") from None
+    return dict(min_size=args.min_size, max_size=args.max_size, flip=args.flip,
+                frozen_stages=args.frozen_stages, norm_eval=args.norm_eval,
+                head_convs=args.head_convs, backbone_weights=args.backbone_weights,
+                masked=args.masked)
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    results = coco_lib.run(coco_lib.options_from_args(args))
-    print(coco_lib.format_results(results))
+    args = cli.parse_args(build_parser(), argv, SCRIPT)
+    run_dir = args.run_dir or DEFAULT_RUN_DIR
+    files = _data_files(args)
+    if args.eval_only:
+        files.check(eval_only=True)
+        data = task.load_data(files, eval_only=True)
+        results = task.evaluate_run(run_dir, data, _extras(args), args.batch_size)
+        print(task.format_results(results))
+        return results
+    model_kwargs = cli.model_kwargs_from_args(args, backbone=True)
+    extras = _extras(args)
+    files.check()
+    recipe = cli.recipe_from_args(configs.COCO_1X, args, _decay_epochs)
+    strategy, options = cli.runtime_from_args(args, run_dir)
+    ownership.check(run_dir, task.KIND, args.force_run_dir)  # before reading the data
+    data = task.load_data(files)
+    config = RunConfig(
+        model=args.model,
+        model_kwargs=model_kwargs,
+        num_classes=len(data.categories),
+        image_size=input_pipeline.InputConfig(args.min_size, args.max_size).canvas,
+        channels=3,
+        recipe=recipe,
+        dataset=args.data_dir or args.annotations,
+        preprocessing=Preprocessing(input_pipeline.IMAGENET_MEAN_RGB,
+                                    input_pipeline.IMAGENET_STDDEV_RGB),
+        class_names=tuple(category.name for category in data.categories),
+        train_examples=data.train_size,
+        steps_per_epoch=args.steps_per_epoch or max(1, data.train_size // recipe.batch_size),
+        seed=args.seed,
+        precision=options.precision,
+        jit_compile=options.jit_compile,
+        replicas=strategy.num_replicas_in_sync,
+        script=SCRIPT,
+        arguments=cli.replay_arguments(args),
+        extras=extras,
+    )
+    metrics = task.train(config, strategy, options, data)
+    print(task.format_results(metrics["final"]))
+    print(summary_line(metrics, run_dir))
+    return metrics
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def build_parser():
     )
     parser.add_argument(
         "--source", default="auto", choices=runs.SOURCES,
-        help="tfds or folders; auto: folders if DATA_DIR/train exists, else tfds",
+        help="tfds or folders; auto: folders if DATA_DIR/train exists, else tfds; default auto",
     )
     parser.add_argument("--dataset", default="imagenet2012",
                         help="TFDS data set name; default imagenet2012")

@@ -7,10 +7,10 @@ Modules, one job each:
   images skipped and named;
 - `small_data`: CIFAR-10/100 and Fashion-MNIST in memory (local files or
   TFDS), their statistics and their pad-crop-flip pipeline;
-- `metrics`: loss, top-1 and top-5;
 - `runs`: training a zoo classifier from a `RunConfig` (ImageNet-style or
   small images), steps per epoch.
 
-The package imports no module of its own on import: `runs` imports the
-trainer, which imports `metrics`.
+Its metrics (loss, top-1, top-5) are the trainer's defaults, in
+`psconv_tf.training.metrics`. Imports point down only: classification imports
+the trainer, never the reverse.
 """

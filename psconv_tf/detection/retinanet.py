@@ -1,5 +1,5 @@
-"""RetinaNet on zoo backbones: model, backbone weights, the 1x schedule, and
-training / evaluation loops over `input_pipeline` batches.
+"""RetinaNet on zoo backbones: model, backbone weights, and the training
+inputs and detections over `input_pipeline` batches.
 
 The detector is keras-hub's `RetinaNetObjectDetector`: an FPN of standard
 convs (P3-P7, P6 from C5) on a `PSResNetBackbone`, focal loss and smooth-L1
@@ -7,8 +7,6 @@ convs (P3-P7, P6 from C5) on a `PSResNetBackbone`, focal loss and smooth-L1
 not the Mask R-CNN of the paper's Table 7.
 """
 
-import dataclasses
-import math
 import os
 
 import keras
@@ -20,93 +18,9 @@ from psconv_tf.detection import evaluation
 from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
 from psconv_tf.hub import PSResNetBackbone
 from psconv_tf.layers.ps_conv2d import PSConv2D
-from psconv_tf.training.optimizer import CoupledWeightDecaySGD
 from psconv_tf.checkpoints.loading import load_torch
 
 TORCH_SUFFIXES = (".pth", ".pt")
-OPTIMIZERS = ("sgd", "adam")
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """The 1x schedule (mmdet's `schedule_1x`): SGD with momentum, the
-    learning rate linear in the global batch (0.01 at 16 images for
-    RetinaNet), linear warm-up from `warmup_ratio` over `warmup_steps`, then
-    divided by 10 at each of `milestones` (epochs)."""
-
-    epochs: int = 12
-    milestones: tuple = (8, 11)
-    base_learning_rate: float = 0.01
-    base_batch_size: int = 16
-    warmup_steps: int = 500
-    warmup_ratio: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    clip_norm: float = 35.0
-    optimizer_name: str = "sgd"
-
-    def __post_init__(self):
-        if self.optimizer_name not in OPTIMIZERS:
-            raise ValueError(
-                f"optimizer must be one of {OPTIMIZERS}. Received: {self.optimizer_name!r}"
-            )
-        if self.epochs <= 0 or any(not 0 < m <= self.epochs for m in self.milestones):
-            raise ValueError(
-                f"Milestones {self.milestones} must lie in 1..epochs ({self.epochs})."
-            )
-        for name in ("base_learning_rate", "base_batch_size", "clip_norm"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number. Received: {value!r}")
-
-    def learning_rate(self, global_batch_size, steps_per_epoch):
-        peak = self.base_learning_rate * global_batch_size / self.base_batch_size
-        return WarmupPiecewise(
-            peak,
-            [m * steps_per_epoch for m in self.milestones],
-            self.warmup_steps,
-            self.warmup_ratio,
-        )
-
-    def optimizer(self, global_batch_size, steps_per_epoch):
-        """SGD with PyTorch's coupled weight decay (the recipe), or AdamW
-        (decoupled decay; for short runs from scratch)."""
-        rate = self.learning_rate(global_batch_size, steps_per_epoch)
-        if self.optimizer_name == "adam":
-            return keras.optimizers.AdamW(
-                rate, weight_decay=self.weight_decay, global_clipnorm=self.clip_norm
-            )
-        return CoupledWeightDecaySGD(
-            rate,
-            momentum=self.momentum,
-            coupled_weight_decay=self.weight_decay,
-            global_clipnorm=self.clip_norm,
-        )
-
-
-@keras.saving.register_keras_serializable(package="psconv_tf")
-class WarmupPiecewise(keras.optimizers.schedules.LearningRateSchedule):
-    """`peak`, divided by 10 at each boundary step, after a linear warm-up
-    from `warmup_ratio * peak` over `warmup_steps` steps."""
-
-    def __init__(self, peak, boundaries, warmup_steps, warmup_ratio):
-        self.peak = float(peak)
-        self.boundaries = [int(b) for b in boundaries]
-        self.warmup_steps = int(warmup_steps)
-        self.warmup_ratio = float(warmup_ratio)
-
-    def __call__(self, step):
-        step = keras.ops.cast(step, "float32")
-        drops = sum(keras.ops.cast(step >= b, "float32") for b in self.boundaries)
-        rate = self.peak * keras.ops.power(0.1, drops)
-        if self.warmup_steps > 0:
-            progress = keras.ops.minimum(step / self.warmup_steps, 1.0)
-            rate *= self.warmup_ratio + (1.0 - self.warmup_ratio) * progress
-        return rate
-
-    def get_config(self):
-        return dict(peak=self.peak, boundaries=self.boundaries,
-                    warmup_steps=self.warmup_steps, warmup_ratio=self.warmup_ratio)
 
 
 def build_detector(backbone, num_classes, head_convs=4, dtype=None):

@@ -1,6 +1,8 @@
 """A small semantic segmentation example: keras-hub's DeepLabV3 on a zoo
 backbone, trained on the generated shapes (`synthetic.generate`), scored by
-mean IoU.
+mean IoU, through the one `Trainer` with the run folder of every training
+script (--run-dir, default runs/segmentation: resumable, refusing other
+settings, --config replays; best.keras of the best validation mean IoU).
 
     python -m psconv_tf.detection.segmentation --data-dir data/shapes \
         --model resnet18 --epochs 8
@@ -12,6 +14,7 @@ another run nor the user's files are overwritten.
 """
 
 import argparse
+import dataclasses
 import glob
 import os
 
@@ -23,11 +26,21 @@ import tensorflow as tf
 from psconv_tf.detection import input_pipeline
 from psconv_tf.detection import synthetic
 from psconv_tf.hub import PSResNetBackbone
-from psconv_tf.training import cli
 from psconv_tf.runtime import ownership
 from psconv_tf.runtime.errors import InputError
+from psconv_tf.training import cli
+from psconv_tf.training import configs
+from psconv_tf.runtime import run_config
+from psconv_tf.runtime.run_config import Preprocessing
+from psconv_tf.runtime.run_config import RunConfig
+from psconv_tf.training.run_log import summary_line
+from psconv_tf.training.trainer import Trainer
 
 NUM_CLASSES = len(synthetic.CLASSES) + 1  # and the background
+SCRIPT = "segmentation"
+DEFAULT_RUN_DIR = "runs/segmentation"
+# A segmentation run folder: the files of a classification one (`run_config`).
+KIND = dataclasses.replace(run_config.KIND, name="segmentation")
 SPLIT_FOLDERS = ("train", "val", "train_masks", "val_masks", "annotations")
 # Written last by `synthetic.generate`: the data set is complete.
 LAST_FILE = os.path.join("annotations", "instances_val.json")
@@ -115,43 +128,90 @@ def mean_iou(segmenter, batches, num_classes=NUM_CLASSES):
     return float(np.mean(intersection[union > 0] / union[union > 0]))
 
 
-def main(argv=None):
+class SegmentationTrainer(Trainer):
+    """The `Trainer` with a per-pixel cross-entropy and mean IoU (see `Trainer`)."""
+
+    MONITOR = "mean_iou"
+    KIND = KIND
+
+    def create_metrics(self):
+        return [keras.metrics.Mean(name="loss"),
+                keras.metrics.MeanIoU(self.model.output_shape[-1], name="mean_iou",
+                                      sparse_y_pred=False)]
+
+    def per_example_loss(self, labels, outputs, images):
+        pixels = keras.losses.sparse_categorical_crossentropy(labels, outputs, from_logits=True)
+        return tf.reduce_mean(pixels, axis=[1, 2])
+
+    def update_metrics(self, metrics, labels, outputs, per_example_loss):
+        metrics[0].update_state(per_example_loss)
+        metrics[1].update_state(labels[..., 0], outputs)
+
+
+def _dataset_fn(paths, image_size, batch_size, training, seed):
+    def dataset_fn(context):
+        data = dataset(*paths, image_size, context.get_per_replica_batch_size(batch_size),
+                       training=training, seed=seed)
+        if context.num_input_pipelines > 1:
+            data = data.shard(context.num_input_pipelines, context.input_pipeline_id)
+        return data.repeat() if training else data
+
+    return dataset_fn
+
+
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True,
-                        help="folder of the generated data (written if absent)")
-    parser.add_argument("--model", default="resnet18", help="zoo backbone name")
+                        help="folder of the generated data (written if absent); required")
     parser.add_argument("--image-size", type=cli.positive_int, default=128,
-                        help="side the images are resized to (and generated at)")
-    parser.add_argument("--epochs", type=cli.positive_int, default=8, help="training epochs")
-    parser.add_argument("--batch-size", type=cli.positive_int, default=16, help="batch size")
-    parser.add_argument("--learning-rate", type=cli.finite_float, default=1e-3,
-                        help="Adam learning rate")
-    parser.add_argument("--seed", type=cli.seed, default=0,
-                        help=f"random seed, in [0, {cli.MAX_SEED}]")
-    args = parser.parse_args(argv)
-    cli.check_model_name(args.model)
+                        help="side the images are resized to (and generated at); default 128")
+    cli.add_model_arguments(parser, "resnet18")
+    cli.add_recipe_arguments(parser, configs.SEGMENTATION, default_decay="none")
+    cli.add_runtime_arguments(parser, DEFAULT_RUN_DIR)
+    return parser
+
+
+def main(argv=None):
+    args = cli.parse_args(build_parser(), argv, SCRIPT)
+    model_kwargs = cli.model_kwargs_from_args(args, backbone=True)
     if args.image_size < 32:
         raise InputError(f"must be at least 32; got {args.image_size}", argument="image_size")
-    keras.utils.set_random_seed(args.seed)
+    recipe = cli.recipe_from_args(configs.SEGMENTATION, args, lambda epochs: ())
+    run_dir = args.run_dir or DEFAULT_RUN_DIR
+    strategy, options = cli.runtime_from_args(args, run_dir)
+    ownership.check(run_dir, KIND, args.force_run_dir)  # before the data
     prepare_data(args.data_dir, args.image_size, args.seed)
-    paths = {split: (os.path.join(args.data_dir, split), os.path.join(args.data_dir, split + "_masks"))
+    paths = {split: (os.path.join(args.data_dir, split),
+                     os.path.join(args.data_dir, split + "_masks"))
              for split in ("train", "val")}
-    try:
-        train = dataset(*paths["train"], args.image_size, args.batch_size, training=True,
-                        seed=args.seed)
-        val = dataset(*paths["val"], args.image_size, args.batch_size, training=False)
+    try:  # read once here: a missing image or mask is named now
+        dataset(*paths["val"], args.image_size, 1, training=False)
+        train_examples = len(dataset(*paths["train"], args.image_size, 1, training=False))
     except FileNotFoundError as error:
         raise InputError(str(error), argument="data_dir") from None
     size = args.image_size
-    segmenter = build_segmenter(PSResNetBackbone.from_zoo(args.model, image_shape=(size, size, 3)))
-    segmenter.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    config = RunConfig(
+        model=args.model, model_kwargs=model_kwargs, num_classes=NUM_CLASSES,
+        image_size=size, channels=3, recipe=recipe, dataset=args.data_dir,
+        preprocessing=Preprocessing(input_pipeline.IMAGENET_MEAN_RGB,
+                                    input_pipeline.IMAGENET_STDDEV_RGB),
+        class_names=("background", *synthetic.CLASSES), train_examples=train_examples,
+        steps_per_epoch=max(1, train_examples // recipe.batch_size), seed=args.seed,
+        precision=options.precision, jit_compile=options.jit_compile,
+        replicas=strategy.num_replicas_in_sync, script=SCRIPT,
+        arguments=cli.replay_arguments(args),
     )
-    before = mean_iou(segmenter, val)
-    segmenter.fit(train, epochs=args.epochs, verbose=2)
-    print(f"mean IoU on val: {before:.3f} before training, {mean_iou(segmenter, val):.3f} after")
+    keras.utils.set_random_seed(args.seed)
+    trainer = SegmentationTrainer(
+        strategy, lambda: build_segmenter(PSResNetBackbone.from_zoo(
+            args.model, image_shape=(size, size, 3), **model_kwargs)),
+        recipe, config.steps_per_epoch, options)
+    metrics = trainer.fit(
+        _dataset_fn(paths["train"], size, recipe.batch_size, True, args.seed),
+        _dataset_fn(paths["val"], size, recipe.batch_size, False, args.seed), config)
+    print(summary_line(metrics, run_dir))
+    return metrics
 
 
 if __name__ == "__main__":
-    cli.run_main(main, resumable=False)  # it keeps no state to resume from
+    cli.run_main(main)

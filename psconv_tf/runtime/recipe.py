@@ -11,8 +11,10 @@ batch); the named recipes (the paper's ImageNet and CIFAR settings) are in
 
 import dataclasses
 import math
+from typing import Optional
 
 SCHEDULES = ("cosine", "step")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,12 @@ class Recipe:
         warmup_epochs: for `"cosine"`, a linear warm-up from zero to the peak.
         decay_epochs: for `"step"`, the epochs where the learning rate drops.
         decay_factor: for `"step"`, the factor of each drop.
+        warmup_steps: for `"step"`, optimizer steps of linear warm-up from
+            `warmup_ratio` times the peak (mmdet's 1x schedule).
+        warmup_ratio: for `"step"`, where that warm-up starts, in [0, 1).
+        optimizer: `"sgd"` (with momentum and coupled weight decay, the
+            recipes') or `"adamw"` (decoupled decay; short runs from scratch).
+        clip_norm: the global gradient norm is clipped to it, or None.
     """
 
     epochs: int
@@ -49,10 +57,14 @@ class Recipe:
     warmup_epochs: float = 0.0
     decay_epochs: tuple = ()
     decay_factor: float = 0.1
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    optimizer: str = "sgd"
+    clip_norm: Optional[float] = None
 
     def __post_init__(self):
         for name in ("learning_rate", "momentum", "weight_decay", "warmup_epochs",
-                     "decay_factor"):
+                     "decay_factor", "warmup_ratio"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(
@@ -98,6 +110,35 @@ class Recipe:
                 "`warmup_epochs` applies to the cosine schedule only. "
                 f"Received: warmup_epochs={self.warmup_epochs!r}, "
                 f"schedule={self.schedule!r}"
+            )
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
+                or self.warmup_steps < 0:
+            raise ValueError(
+                "`warmup_steps` must be 0 or more. "
+                f"Received: warmup_steps={self.warmup_steps!r}"
+            )
+        if self.warmup_steps and self.schedule != "step":
+            raise ValueError(
+                "`warmup_steps` applies to the step schedule only (the cosine one "
+                f"takes warmup_epochs). Received: warmup_steps={self.warmup_steps!r}, "
+                f"schedule={self.schedule!r}"
+            )
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(
+                "`warmup_ratio` must be in [0, 1). "
+                f"Received: warmup_ratio={self.warmup_ratio!r}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"`optimizer` must be one of {OPTIMIZERS}. "
+                f"Received: optimizer={self.optimizer!r}"
+            )
+        if self.clip_norm is not None and not (
+                isinstance(self.clip_norm, (int, float)) and math.isfinite(self.clip_norm)
+                and self.clip_norm > 0):
+            raise ValueError(
+                "`clip_norm` must be a positive number or None. "
+                f"Received: clip_norm={self.clip_norm!r}"
             )
         if list(self.decay_epochs) != sorted(set(self.decay_epochs)) or any(
             not 0 < epoch < self.epochs for epoch in self.decay_epochs

@@ -1,19 +1,21 @@
 """The paper's training recipes on tf.distribute, as a library (TensorFlow only).
 
 Modules, one job each:
-- `configs`: the paper's recipes (`IMAGENET`, `CIFAR`, `QUICK`) as
-  `Recipe`s (`psconv_tf.runtime.recipe`);
+- `configs`: the recipes (`IMAGENET`, `CIFAR`, `QUICK`, `COCO_1X`,
+  `SEGMENTATION`) as `Recipe`s (`psconv_tf.runtime.recipe`);
 - `optimizer`, `schedules`: `CoupledWeightDecaySGD` (PyTorch's weight
-  decay) and the cosine and step learning-rate schedules;
-- `trainer`, `run_options`: `Trainer` and `RunOptions`, the resumable loop
-  (callbacks welcome);
+  decay) and the one schedules module: cosine, step, warm-up + step (the
+  1x schedule) and the scaling of its milestones;
+- `trainer`, `run_options`, `tuning`: `Trainer` and `RunOptions`, the
+  resumable loop of every task (its hooks: loss, metrics, evaluation;
+  callbacks welcome), which tunes the PS layers before tracing;
 - `backup`, `run_state`, `run_log`, `stopping`: its backup/, the run in
   progress, what it reports, and its stop on SIGINT or SIGTERM;
 - `cli`: the command-line flags of `training/*.py`.
 
 What every task shares (errors, strategy, statistics, the run folder and
 its `config.json`) is in `psconv_tf.runtime`; the classification task
-(data, preprocessing, metrics, runs) in `psconv_tf.classification`.
+(data, preprocessing, runs) in `psconv_tf.classification`.
 
 >>> from psconv_tf.training import CoupledWeightDecaySGD, configs
 >>> configs.IMAGENET.epochs

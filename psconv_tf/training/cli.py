@@ -19,6 +19,7 @@ from psconv_tf import models
 from psconv_tf.runtime import run_config
 from psconv_tf.training import stopping
 from psconv_tf.runtime import strategy as strategies
+from psconv_tf.runtime.recipe import OPTIMIZERS
 from psconv_tf.runtime.recipe import SCHEDULES
 from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import NonFiniteLossError
@@ -30,7 +31,10 @@ from psconv_tf.training.trainer import RunOptions
 # Flags that change how a run executes or reports, not what it is: not
 # stored for replays.
 NOT_REPLAYED = ("config", "verbose", "log_every", "allow_changes", "check_images",
-                "force_run_dir", "autotune")
+                "force_run_dir", "eval_only", "autotune")
+# The defaults of --pattern and --cyclic, for PS models.
+DEFAULT_PATTERN = (1, 2, 1, 4)
+DEFAULT_CYCLIC = "both"
 # Seeds of Python's, NumPy's and TensorFlow's generators: [0, 2**32).
 MAX_SEED = 2**32 - 1
 
@@ -110,19 +114,26 @@ def flag(argument):
 
 
 def add_model_arguments(parser, default_model):
-    """--model, --pattern, --cyclic."""
+    """--model, --pattern, --cyclic, --mask-lr-multiplier."""
     parser.add_argument(
         "--model", default=default_model, metavar="NAME",
         help=f"zoo model (psconv_tf.models.list_models()); default {default_model}",
     )
     parser.add_argument(
-        "--pattern", default=(1, 2, 1, 4), type=int_list,
-        help="dilation rates of one PSConv cycle, for ps_ models; default 1,2,1,4",
+        "--pattern", default=None, type=int_list,
+        help="dilation rates of one PSConv cycle, for ps_ models only; default "
+             + ",".join(map(str, DEFAULT_PATTERN)),
     )
     parser.add_argument(
-        "--cyclic", default="both", choices=("both", "input", "output"),
+        "--cyclic", default=None, choices=("both", "input", "output"),
         help="PSConv rate shift along both channel axes (the paper) or one "
-             "(Table 5 ablations); default both",
+             f"(Table 5 ablations), for ps_ models only; default {DEFAULT_CYCLIC}",
+    )
+    parser.add_argument(
+        "--mask-lr-multiplier", default=None, type=finite_float, metavar="MU",
+        help="learning-rate multiplier mu of the dynamic (dps_) models' rate masks "
+             "(DynamicPSConv2D's mask_learning_rate_multiplier, in [1e-6, 1e6]); "
+             "default 1",
     )
 
 
@@ -135,16 +146,34 @@ def check_model_name(name, argument="model"):
         )
 
 
-def model_kwargs_from_args(args):
-    """Validated zoo arguments: ps_ models take the pattern and cyclic mode."""
+def model_kwargs_from_args(args, backbone=False):
+    """Validated zoo arguments: ps_ models take the pattern and cyclic mode,
+    dps_ models the mask's learning-rate multiplier; given for another
+    model, each is refused (it would change nothing), as the multiplier is
+    for a keras-hub backbone (`backbone`), which does not take it."""
     check_model_name(args.model)
+    multiplier = getattr(args, "mask_lr_multiplier", None)
+    if multiplier is not None and not args.model.startswith("dps_"):
+        raise InputError(f"applies to the dynamic (dps_) models only, not {args.model}.",
+                         argument="mask_lr_multiplier")
+    if multiplier is not None and backbone:
+        raise InputError("the keras-hub backbone (PSResNetBackbone) does not take it; "
+                         "train the dps_ classifier with imagenet.py or cifar.py.",
+                         argument="mask_lr_multiplier")
     if not args.model.startswith("ps_"):
-        return {}
+        for name in ("pattern", "cyclic"):
+            if getattr(args, name) is not None:
+                raise InputError(f"applies to the PSConv (ps_) models only, not {args.model}.",
+                                 argument=name)
+        if multiplier is None:
+            return {}
+        return {"dynamic_options": {"mask_learning_rate_multiplier": multiplier}}
     try:
-        pattern = lattice.validate_pattern(tuple(args.pattern))
+        pattern = lattice.validate_pattern(
+            tuple(DEFAULT_PATTERN if args.pattern is None else args.pattern))
     except (TypeError, ValueError) as error:
         raise InputError(f"{error}", argument="pattern") from None
-    return {"pattern": list(pattern), "cyclic": args.cyclic}
+    return {"pattern": list(pattern), "cyclic": args.cyclic or DEFAULT_CYCLIC}
 
 
 def add_recipe_arguments(parser, recipe, default_decay=""):
@@ -162,8 +191,13 @@ def add_recipe_arguments(parser, recipe, default_decay=""):
                         help=f"global batch, all replicas together; default {recipe.batch_size}")
     parser.add_argument(
         "--learning-rate", type=finite_float, default=recipe.learning_rate,
-        help=f"peak learning rate for a batch of {recipe.reference_batch_size}, "
+        help=f"peak learning rate at batch {recipe.reference_batch_size}, "
              f"scaled linearly with --batch-size; default {recipe.learning_rate}",
+    )
+    parser.add_argument(
+        "--optimizer", default=recipe.optimizer, choices=OPTIMIZERS,
+        help="sgd (momentum, coupled weight decay: the recipes') or adamw (decoupled "
+             f"weight decay, for short runs from scratch); default {recipe.optimizer}",
     )
     parser.add_argument("--momentum", type=finite_float, default=recipe.momentum,
                         help=f"SGD momentum; default {recipe.momentum}")
@@ -193,6 +227,24 @@ def add_recipe_arguments(parser, recipe, default_decay=""):
     )
     parser.add_argument("--decay-factor", type=finite_float, default=recipe.decay_factor,
                         help=f"the step schedule's factor; default {recipe.decay_factor}")
+    parser.add_argument(
+        "--warmup-steps", type=int, default=recipe.warmup_steps,
+        help="linear warm-up of the step schedule, in optimizer steps, from "
+             f"{recipe.warmup_ratio:g} x the peak; default {recipe.warmup_steps}",
+    )
+    parser.add_argument("--milestones", action=_Renamed, new_flag="--decay-epochs",
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+class _Renamed(argparse.Action):
+    """A flag of an earlier release, refused with a pointer to its new name."""
+
+    def __init__(self, option_strings, dest, new_flag, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new_flag = new_flag
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise argparse.ArgumentError(self, f"is now {self.new_flag} (same values)")
 
 
 def recipe_from_args(recipe, args, default_decay_epochs):
@@ -218,6 +270,7 @@ def recipe_from_args(recipe, args, default_decay_epochs):
             nesterov=args.nesterov, weight_decay=args.weight_decay,
             schedule=args.schedule, warmup_epochs=args.warmup_epochs,
             decay_epochs=tuple(decay_epochs), decay_factor=args.decay_factor,
+            warmup_steps=args.warmup_steps, optimizer=args.optimizer,
         )
     except ValueError as error:
         # Recipe names the field at fault in backticks, first.
@@ -245,14 +298,14 @@ def add_runtime_arguments(parser, default_run_dir):
              "(MirroredStrategy over the local GPUs), multiworker "
              "(MultiWorkerMirroredStrategy from TF_CONFIG), tpu (TPUStrategy "
              "for --tpu); auto: tpu if --tpu is given, else multiworker if "
-             "TF_CONFIG lists several workers, else gpu if any, else cpu",
+             "TF_CONFIG lists several workers, else gpu if any, else cpu; default auto",
     )
     parser.add_argument("--tpu", default=None,
                         help="TPU name or grpc:// address ('local' on a TPU VM)")
     parser.add_argument(
         "--jit-compile", default="auto", choices=strategies.JIT_MODES,
         help="XLA-compile the forward and backward pass; auto: on for GPU and "
-             "TPU, off for CPU (measured slower there)",
+             "TPU, off for CPU (measured slower there); default auto",
     )
     parser.add_argument(
         "--autotune", default=True, action=argparse.BooleanOptionalAction,
@@ -263,7 +316,7 @@ def add_runtime_arguments(parser, default_run_dir):
     parser.add_argument(
         "--precision", default="auto", choices=strategies.PRECISIONS,
         help="auto: mixed_bfloat16 on TPU, mixed_float16 (with loss scaling) "
-             "on GPU, fp32 on CPU",
+             "on GPU, fp32 on CPU; default auto",
     )
     parser.add_argument(
         "--backup-every", type=positive_int, default=1000, metavar="STEPS",
@@ -277,14 +330,29 @@ def add_runtime_arguments(parser, default_run_dir):
     parser.add_argument("--seed", type=seed, default=0,
                         help="seed of the initialization and the augmentation, in "
                              f"[0, {MAX_SEED}]; default 0")
+    add_verbose_argument(parser)
+    parser.add_argument("--log-every", type=positive_int, default=100, metavar="STEPS",
+                        help="steps between progress lines when the output is "
+                             "not a terminal; default 100")
+
+
+def add_eval_only_argument(parser):
+    """--eval-only: evaluate the run folder's best.keras, needing the
+    validation data alone."""
+    parser.add_argument(
+        "--eval-only", action="store_true",
+        help="evaluate the run folder's best.keras on the validation data (the "
+             "training data is not needed) and write nothing",
+    )
+
+
+def add_verbose_argument(parser):
+    """--verbose, 1 by default in every command."""
     parser.add_argument(
         "--verbose", type=int, default=1, choices=(0, 1, 2),
         help="0 silent, 1 progress (a bar on a terminal, else a plain line "
              "every --log-every steps), 2 one line per epoch; default 1",
     )
-    parser.add_argument("--log-every", type=positive_int, default=100, metavar="STEPS",
-                        help="steps between progress lines when the output is "
-                             "not a terminal; default 100")
 
 
 def parse_args(parser, argv, script):
@@ -305,7 +373,13 @@ def parse_args(parser, argv, script):
             f"not by {script}.", argument="config",
         )
     known = {action.dest for action in parser._actions}
-    parser.set_defaults(**{name: _from_json(value) for name, value in stored.arguments.items()
+    arguments = dict(stored.arguments)
+    if not str(arguments.get("model", "")).startswith("ps_"):
+        # Earlier releases stored the PS defaults for every model.
+        for name, default in (("pattern", list(DEFAULT_PATTERN)), ("cyclic", DEFAULT_CYCLIC)):
+            if arguments.get(name) == default:
+                arguments[name] = None
+    parser.set_defaults(**{name: _from_json(value) for name, value in arguments.items()
                            if name in known and name not in NOT_REPLAYED})
     return parser.parse_args(argv)
 

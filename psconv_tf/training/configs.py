@@ -56,6 +56,38 @@ QUICK = Recipe(
 )
 
 
+# Detection's 1x schedule (mmdet's `schedule_1x`, RetinaNet): SGD 0.9,
+# coupled weight decay 1e-4, LR 0.01 at 16 images, 500 steps of linear
+# warm-up from 0.001 x, 12 epochs with LR / 10 at epochs 8 and 11 (scaled
+# with the epochs: `schedules.scaled_milestones`), gradients clipped to 35.
+COCO_1X = Recipe(
+    epochs=12,
+    batch_size=16,
+    learning_rate=0.01,
+    reference_batch_size=16,
+    momentum=0.9,
+    weight_decay=1e-4,
+    schedule="step",
+    decay_epochs=(8, 11),
+    warmup_steps=500,
+    warmup_ratio=0.001,
+    clip_norm=35.0,
+)
+
+
+# The segmentation example: Adam (AdamW without decay), 1e-3 at batch 16,
+# constant, 8 epochs.
+SEGMENTATION = Recipe(
+    epochs=8,
+    batch_size=16,
+    learning_rate=1e-3,
+    reference_batch_size=16,
+    weight_decay=0.0,
+    schedule="step",
+    optimizer="adamw",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class QuickRun:
     """The offline quick run: a PS model and its standard twin, same data.

@@ -1,4 +1,4 @@
-"""The recipes' optimizer: SGD with PyTorch's (coupled) weight decay."""
+"""The recipes' optimizer: SGD with PyTorch's (coupled) weight decay, or AdamW."""
 
 import math
 
@@ -60,19 +60,26 @@ class CoupledWeightDecaySGD(keras.optimizers.SGD):
 
 
 def build_optimizer(recipe, learning_rate, precision="float32"):
-    """The recipe's SGD; wrapped in a `LossScaleOptimizer` for mixed_float16.
+    """The recipe's optimizer; wrapped in a `LossScaleOptimizer` for mixed_float16.
 
     Args:
-        recipe: a `configs.Recipe` (momentum, nesterov, weight decay).
+        recipe: a `configs.Recipe` (optimizer, momentum, nesterov, weight
+            decay, gradient clipping).
         learning_rate: a float or a schedule (see `schedules`).
         precision: the Keras dtype policy of the run.
     """
-    optimizer = CoupledWeightDecaySGD(
-        learning_rate,
-        momentum=recipe.momentum,
-        nesterov=recipe.nesterov,
-        coupled_weight_decay=recipe.weight_decay,
-    )
+    clipping = {} if recipe.clip_norm is None else {"global_clipnorm": recipe.clip_norm}
+    if recipe.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(
+            learning_rate, weight_decay=recipe.weight_decay, **clipping)
+    else:
+        optimizer = CoupledWeightDecaySGD(
+            learning_rate,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov,
+            coupled_weight_decay=recipe.weight_decay,
+            **clipping,
+        )
     if precision == "mixed_float16":
         return keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

@@ -34,6 +34,9 @@ class RunLog:
 
     def record(self, event, **fields):
         record = {"event": event, **self.position(), **fields, "time": time.time()}
+        # JSON has no NaN: an undefined figure (an AP of no object) is null.
+        record = {name: None if isinstance(value, float) and not math.isfinite(value)
+                  else value for name, value in record.items()}
         # One write of one line: a kill leaves at worst a partial last line.
         with tf.io.gfile.GFile(self.folder.log, "a") as file:
             file.write(json.dumps(record) + "\n")
@@ -104,6 +107,8 @@ class Progress:
 
 
 def _format(value):
+    if value is None:  # undefined
+        return "-"
     return f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else str(value)
 
 

@@ -1,4 +1,4 @@
-"""Distributed, resumable training of a classifier: `Trainer`.
+"""Distributed, resumable training of every task: `Trainer`.
 
 The loop is our own rather than `keras.Model.fit`, with Keras's model,
 optimizer, losses, metrics and callbacks, for two reasons found in Keras
@@ -42,9 +42,9 @@ from psconv_tf.training.backup import Backup
 from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import RunWriteError
 from psconv_tf.runtime.errors import writing
-from psconv_tf.classification.metrics import classification_metrics
-from psconv_tf.classification.metrics import metric_results
-from psconv_tf.classification.metrics import update_metrics
+from psconv_tf.training.metrics import classification_metrics
+from psconv_tf.training.metrics import metric_results
+from psconv_tf.training.metrics import update_metrics
 from psconv_tf.training.optimizer import build_optimizer
 from psconv_tf.training.run_log import Progress
 from psconv_tf.training.run_log import RunLog
@@ -62,12 +62,17 @@ from psconv_tf.runtime.strategy import worker_output_dir
 
 
 class Trainer:
-    """Trains a classifier with a recipe under a strategy, resumably.
+    """Trains a model with a recipe under a strategy, resumably.
 
-    Other tasks subclass it and override `create_metrics`,
-    `per_example_loss`, `update_metrics` and `MONITOR` (the validation
-    metric, higher is better, whose best epoch is kept as best.keras);
-    labels and model outputs may then be nested structures.
+    The task hooks, a classifier's by default; other tasks (detection)
+    subclass it and override them:
+    - `MONITOR`: the validation metric, higher is better, whose best epoch
+      is kept as best.keras; `KIND`: the run folder's `ownership.Kind`;
+    - `create_metrics`, `per_example_loss`, `update_metrics`: what is
+      learned and reported (labels and outputs may be nested structures);
+    - `evaluation_input` and `evaluate`: the validation data and its
+      metrics (named by `evaluation_names`), where they are not the
+      training metrics' over a distributed dataset.
 
     Args:
         strategy: a `tf.distribute.Strategy`.
@@ -86,6 +91,7 @@ class Trainer:
     """
 
     MONITOR = "top1"
+    KIND = run_config.KIND
 
     def __init__(self, strategy, build_model, recipe, steps_per_epoch, options):
         if not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
@@ -118,8 +124,8 @@ class Trainer:
         # Seconds of training and evaluation, summed over the run's processes.
         self.seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.best = {"epoch": tf.Variable(-1, dtype=tf.int64, trainable=False)}
-        for metric in self.eval_metrics:
-            self.best[metric.name] = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+        for name in self.evaluation_names():
+            self.best[name] = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
         self._forward_backward = tf.function(
             self._forward_backward_fn, jit_compile=options.jit_compile
         )
@@ -144,13 +150,13 @@ class Trainer:
             "learning_rate": self.learning_rate,
         }
 
-    # What is learned: override these three (and `MONITOR`) for other tasks.
+    # The task hooks (see the class docstring).
 
     def create_metrics(self):
         """The metrics of training and evaluation; the first is the mean loss."""
         return classification_metrics(self.model.output_shape[-1])
 
-    def per_example_loss(self, labels, outputs):
+    def per_example_loss(self, labels, outputs, images):
         """The loss of every example of a batch (float32 outputs)."""
         return keras.losses.sparse_categorical_crossentropy(labels, outputs, from_logits=True)
 
@@ -158,12 +164,20 @@ class Trainer:
         """Updates `metrics` (from `create_metrics`) with a batch."""
         update_metrics(metrics, labels, outputs, per_example_loss)
 
+    def evaluation_names(self):
+        """The names of what `evaluate` returns, `MONITOR` among them."""
+        return [metric.name for metric in self.eval_metrics]
+
+    def evaluation_input(self, eval_input):
+        """What `evaluate` takes, from `fit`'s `eval_input`: a distributed dataset."""
+        return self.strategy.distribute_datasets_from_function(eval_input)
+
     # Steps, per replica and distributed.
 
     def _forward_backward_fn(self, images, labels):
         with tf.GradientTape() as tape:
             outputs = _float32(self.model(images, training=True))
-            per_example = self.per_example_loss(labels, outputs)
+            per_example = self.per_example_loss(labels, outputs, images)
             loss = tf.nn.compute_average_loss(
                 per_example, global_batch_size=self.recipe.batch_size
             )
@@ -184,7 +198,7 @@ class Trainer:
 
     def _replica_eval_step(self, images, labels):
         outputs = _float32(self._predict(images))
-        per_example = self.per_example_loss(labels, outputs)
+        per_example = self.per_example_loss(labels, outputs, images)
         self.update_metrics(self.eval_metrics, labels, outputs, per_example)
 
     @tf.function
@@ -200,7 +214,8 @@ class Trainer:
         return done
 
     def evaluate(self, eval_dataset, title="evaluation"):
-        """Loss, top-1 and top-5 accuracy over one pass of a distributed dataset.
+        """The evaluation metrics (a classifier's loss, top-1 and top-5
+        accuracy) over one pass of `evaluation_input`'s dataset.
 
         Raises:
             InputError: the dataset yielded no batch.
@@ -269,7 +284,7 @@ class Trainer:
         """
         folder = run_config.RunFolder(worker_output_dir(self.strategy, self.options.run_dir))
         chief_folder = run_config.RunFolder(self.options.run_dir)
-        with ownership.claim(folder.path, run_config.KIND, force=self.options.force_run_dir,
+        with ownership.claim(folder.path, self.KIND, force=self.options.force_run_dir,
                              chief_path=chief_folder.path) as claim:
             try:
                 return self._fit(claim, folder, chief_folder, train_input, eval_input,
@@ -315,7 +330,7 @@ class Trainer:
             print(f"Resuming {self.options.run_dir} at epoch {position['epoch'] + 1}, step "
                   f"{position['step']} ({position['steps_done']} steps done).", flush=True)
         train_dataset = self.strategy.distribute_datasets_from_function(train_input)
-        eval_dataset = self.strategy.distribute_datasets_from_function(eval_input)
+        eval_dataset = self.evaluation_input(eval_input)
         if self.options.autotune:
             self._tune(train_input)
         self.model.stop_training = False
@@ -328,11 +343,11 @@ class Trainer:
             "epochs": self.recipe.epochs,
             "steps_done": int(self.steps_done.numpy()),
             "monitor": self.MONITOR,
-            "final": eval_logs,
+            "final": _json_numbers(eval_logs),
             # Epochs counted from 1, as the console counts them.
-            "best": {("epoch" if name == "epoch" else f"val_{name}"):
-                     variable.numpy().item() + (name == "epoch")
-                     for name, variable in self.best.items()},
+            "best": _json_numbers({("epoch" if name == "epoch" else f"val_{name}"):
+                                   variable.numpy().item() + (name == "epoch")
+                                   for name, variable in self.best.items()}),
             "skipped_images": {split: report.summary() for split, report in skipped.items()
                                if report is not None},
             "seconds": round(self._elapsed(), 1),
@@ -371,7 +386,8 @@ class Trainer:
             train_logs = self._train_epoch(epoch, first_step, iterator)
             eval_logs = self.evaluate(eval_dataset)
             self._run.report_skipped()
-            self._check_finite(eval_logs["loss"], "validation loss")
+            if "loss" in eval_logs:
+                self._check_finite(eval_logs["loss"], "validation loss")
             if eval_logs[self.MONITOR] > self.best[self.MONITOR].numpy():
                 self.best["epoch"].assign(epoch)
                 for name, value in eval_logs.items():
@@ -477,6 +493,13 @@ class Trainer:
             model.set_weights(self.model.get_weights())
         with writing(path):
             files.save_model(model, path)
+
+
+def _json_numbers(values):
+    """`values` with None for NaN and infinities, which JSON lacks (an
+    undefined metric, such as the AP of a size no object has)."""
+    return {name: None if isinstance(value, float) and not math.isfinite(value) else value
+            for name, value in values.items()}
 
 
 def _float32(outputs):

@@ -1,4 +1,5 @@
-"""The metrics of a classification run: loss, top-1, top-5."""
+"""Metrics of the default task (classification: loss, top-1, top-5) and
+the one read of metric values the trainer logs."""
 
 import keras
 import tensorflow as tf
