@@ -35,7 +35,7 @@ from benchmarks import report
 from benchmarks import timing
 from psconv_tf import NativeConv2D
 from psconv_tf import PSConv2D
-from psconv_tf.engine import autotune
+from psconv_tf import tune
 
 SETS = {
     "resnet50": [(8, 64, 56, 1), (8, 128, 28, 1), (8, 256, 14, 1), (8, 512, 7, 1)],
@@ -98,7 +98,7 @@ def measure(batch, channels, size, groups, rounds, implementation=None):
     layers = variants(channels, groups, implementation)
     layers["psconv2d"].build(x.shape)
     for training in (False, True):  # "auto" measures now, eagerly, per mode
-        autotune.tune(layers["psconv2d"], x, training=training)
+        tune(layers["psconv2d"], x, training=training)
     runs = {}
     for name, layer in layers.items():
         for mode, run in timing.runners(layer, x).items():

@@ -15,8 +15,8 @@ from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
 from psconv_tf.freeze import freeze
 from psconv_tf.inspection import plot_lattice
 from psconv_tf.inspection import summary
-from psconv_tf.engine.autotune import TuneCallback
-from psconv_tf.engine.autotune import tune
+from psconv_tf.engine.model_tuning import TuneCallback
+from psconv_tf.engine.model_tuning import tune
 from psconv_tf.engine.lattice import dilation_matrix
 from psconv_tf.layers.native_conv import NativeConv2D
 from psconv_tf.profile import profile

@@ -11,6 +11,7 @@ import pytest
 from keras import ops
 
 from psconv_tf import PSConv2D
+from psconv_tf import tune
 from psconv_tf.engine import autotune
 from psconv_tf.engine import autotune_cache
 from psconv_tf.engine.executor import IMPLEMENTATIONS
@@ -133,7 +134,7 @@ def test_traced_calls_never_measure_and_read_the_cache(tuner, monkeypatch):
     layer.build((2, 9, 9, 8))
     tf.function(layer)(_x())
     assert calls == [] and _files(folder) == []
-    autotune.tune(layer, _x(), training=True)  # measures eagerly, even if off
+    tune(layer, _x(), training=True)  # measures eagerly, even if off
     assert calls == [(2, 9, 9, 8)]
     monkeypatch.setattr(autotune, "_memory", {})
     chosen = []

@@ -1,4 +1,4 @@
-"""Tuning before tracing: `autotune.tune`, the trainer's first-batch tuning,
+"""Tuning before tracing: `psconv_tf.tune`, the trainer's first-batch tuning,
 and `TuneCallback` for `model.fit`."""
 
 import dataclasses

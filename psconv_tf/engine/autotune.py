@@ -18,8 +18,9 @@ depends on the backend, the device, the shapes and the dtype. A layer with
   (under `torch.compile`, this process's choice: reading files there would
   break the graph; for a batch of unknown size, this process's choice at
   another batch size). Run the model eagerly once first, or call
-  `tune(model, inputs)`, to measure before tracing: the trainer does so on
-  its first real batch, and `TuneCallback` does so for `model.fit`.
+  `model_tuning.tune(model, data)`, to measure before tracing: the trainer
+  does so on its first real batch, and `model_tuning.TuneCallback` for
+  `model.fit`.
 - `PSCONV_TF_AUTOTUNE=0` turns measuring and the cache off: "auto" is then
   always `default(layer)` ("masked" on a GPU under JAX; elsewhere "masked"
   up to MASKED_KERNELS kernels, else "split"), for deterministic tests and
@@ -212,7 +213,7 @@ def _announce():
 
 @contextlib.contextmanager
 def measuring():
-    """Measures even where PSCONV_TF_AUTOTUNE=0 (used by `tune`)."""
+    """Measures even where PSCONV_TF_AUTOTUNE=0 (used by `tuning`)."""
     previous, _forced[0] = _forced[0], True
     try:
         yield
@@ -220,74 +221,18 @@ def measuring():
         _forced[0] = previous
 
 
-def tune(model, data, training=True):
-    """Measures every "auto" PSConv2D of `model` on one batch, eagerly.
-
-    Call it before `fit`, `jit` or export with a batch of the shape they
-    will see (per replica, under a distribution strategy); the choices land
-    in the cache that traced calls read.
-
-    The model runs forward once in inference mode, so nothing it holds
-    changes (batch-norm statistics, random-number states); each layer is
-    measured for the mode `training` asks for.
-
-    Args:
-        model: a Keras model or layer.
-        data: a batch of inputs; or `(inputs, labels[, weights])`; or a
-            `tf.data.Dataset` or other iterable of those, whose first
-            element is used.
-        training: measure forward+backward (True) or forward only.
-
-    Returns:
-        {layer path: implementation} of every "auto" PS layer called.
-    """
-    inputs = _first_inputs(data)
-    previous, _tuning[0] = _tuning[0], {"training": bool(training), "choices": {}}
+@contextlib.contextmanager
+def tuning(training):
+    """Measures every "auto" layer called inside, for `training` whatever
+    mode the call runs in; yields the {layer path: choice} it fills (used by
+    `model_tuning.tune`)."""
+    choices = {}
+    previous, _tuning[0] = _tuning[0], {"training": bool(training), "choices": choices}
     try:
         with measuring():
-            model(inputs, training=False)
-        return dict(_tuning[0]["choices"])
+            yield choices
     finally:
         _tuning[0] = previous
-
-
-def _first_inputs(data):
-    """The model inputs of a batch, an (inputs, labels) tuple, or the first
-    element of a dataset or other iterable."""
-    if hasattr(data, "shape") or isinstance(data, dict):
-        return data
-    if isinstance(data, (tuple, list)):
-        return data[0] if 2 <= len(data) <= 3 else data
-    try:
-        first = next(iter(data))
-    except StopIteration:
-        raise ValueError("tune: `data` yielded no batch.") from None
-    except TypeError:
-        raise ValueError(
-            "tune: `data` must be a batch, an (inputs, labels) tuple or an "
-            f"iterable of them; got {type(data).__name__}.") from None
-    return _first_inputs(first)
-
-
-class TuneCallback(keras.callbacks.Callback):
-    """Tunes the model's PS layers before `model.fit` traces its step.
-
-    `model.fit(train, callbacks=[TuneCallback(train)])`: at the start of
-    training, `tune(model, data)` measures each "auto" layer on the first
-    batch of `data` (a batch or a dataset). Keras traces the training step
-    at its first call, after `on_train_begin`, so the traced step runs the
-    measured implementations. `choices` holds what was chosen.
-    """
-
-    def __init__(self, data, training=True):
-        super().__init__()
-        self.data = data
-        self.training = training
-        self.choices = {}
-
-    def on_train_begin(self, logs=None):
-        if enabled():
-            self.choices = tune(self.model, self.data, training=self.training)
 
 
 def measure(layer, shape, dtype, training):

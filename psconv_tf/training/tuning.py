@@ -16,6 +16,7 @@ import time
 import tensorflow as tf
 
 from psconv_tf.engine import autotune
+from psconv_tf.engine import model_tuning
 
 
 def tune_on_first_batch(strategy, model, train_input):
@@ -42,7 +43,7 @@ def tune_on_first_batch(strategy, model, train_input):
         num_input_pipelines=1, input_pipeline_id=0,
         num_replicas_in_sync=strategy.num_replicas_in_sync)
     batch = next(iter(train_input(context).take(1)))
-    choices = {mode: autotune.tune(model, batch, training=mode == "train")
+    choices = {mode: model_tuning.tune(model, batch, training=mode == "train")
                for mode in ("train", "infer")}
     return (choices if choices["train"] else {}), time.perf_counter() - started
 
