@@ -175,15 +175,21 @@ def format_table(allocations, initial=None):
     total, with the share in % of the kernels and of the energy at each
     rate (columns: every rate of the model; "-" where a layer lacks one);
     with `initial` (`initial_allocation` of the same model), also the
-    energy shares at initialization. Layers with a problem are listed
-    below the table."""
+    energy shares at initialization, and the kernel shares there too where
+    the model has dynamic layers. Layers with a problem are listed below
+    the table."""
     if initial is not None and [a.name for a in initial] != [a.name for a in allocations]:
         raise ValueError("`initial` must measure the same layers, in the same order")
     rows = list(allocations) + [total(allocations)]
     starts = None if initial is None else list(initial) + [total(initial)]
     rates = sorted({r for a in rows for r in a.kernels})
     rate_text = " · ".join(str(r) for r in rates)
-    header = ["layer", "kind", "channels", f"kernels % at {rate_text}"]
+    # A dynamic layer's kernels change rate in training: then both shares.
+    moved = starts is not None and any(a.kind == "dynamic" for a in allocations)
+    header = ["layer", "kind", "channels"]
+    if moved:
+        header.append(f"kernels % at init, {rate_text}")
+    header.append(f"kernels % {'now, ' if moved else 'at '}{rate_text}")
     if starts is not None:
         header.append(f"energy % at init, {rate_text}")
     header.append(f"energy % at {rate_text}" if starts is None else f"energy % now, {rate_text}")
@@ -191,8 +197,11 @@ def format_table(allocations, initial=None):
     for number, row in enumerate(rows):
         cells = [row.name, row.kind, "-" if row is rows[-1] else
                  f"{row.in_channels} -> {row.filters}"
-                 + (f" /{row.groups}" if row.groups > 1 else ""),
-                 _percentages(row.kernel_shares if row.kernels else None, rates)]
+                 + (f" /{row.groups}" if row.groups > 1 else "")]
+        if moved:
+            start = starts[number]
+            cells.append(_percentages(start.kernel_shares if start.kernels else None, rates))
+        cells.append(_percentages(row.kernel_shares if row.kernels else None, rates))
         if starts is not None:
             cells.append(_percentages(starts[number].energy_shares, rates))
         cells.append(_percentages(row.energy_shares, rates))

@@ -98,7 +98,12 @@ def test_dynamic_layer_uses_its_current_assignment():
     _check(allocation, _hand_shares(kernel, rate_of))
     # The other sign of A_1 swaps every kernel's rate.
     layer.mask_factors[1].assign([[-0.5]])
-    _check(sa.layer_allocation(layer), _hand_shares(kernel, 3 - np.array(rate_of)))
+    swapped = sa.layer_allocation(layer)
+    _check(swapped, _hand_shares(kernel, 3 - np.array(rate_of)))
+    # The table shows the kernel shares before (11, 5 of 16) and now
+    # (31.25 % printed as 31.2: Python rounds an exact half to even).
+    row = sa.format_table([swapped], initial=[allocation]).splitlines()[2]
+    assert [cell.strip() for cell in row.split("|")[4:6]] == ["68.8 · 31.2", "31.2 · 68.8"]
 
 
 def test_nested_model_saved_and_loaded(tmp_path, capsys):
