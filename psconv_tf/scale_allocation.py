@@ -231,7 +231,8 @@ def plot_scale_allocation(allocations, path=None, initial=None, title=None):
     Args:
         allocations: `scale_allocation(model)`.
         path: where to write the figure as a PNG (written whole, under a
-            temporary name, then renamed), or None.
+            temporary name, then renamed; a failure is a
+            `psconv_tf.runtime.errors.RunWriteError` naming it), or None.
         initial: `initial_allocation` of the same model, or None.
         title: the figure's title.
 
@@ -276,10 +277,20 @@ def plot_scale_allocation(allocations, path=None, initial=None, title=None):
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=110)
         plt.close(figure)
-        from psconv_tf.runtime import files  # TensorFlow, for the atomic write
-
-        files.write_bytes(os.fspath(path), buffer.getvalue())
+        _write(path, lambda files, path: files.write_bytes(path, buffer.getvalue()))
     return figure
+
+
+def _write(path, write):
+    """`write(files, path)` with `psconv_tf.runtime.files` (TensorFlow, for
+    the atomic write, imported only here); a failure is a `RunWriteError`
+    naming `path`."""
+    from psconv_tf.runtime import files
+    from psconv_tf.runtime.errors import writing
+
+    path = os.fspath(path)
+    with writing(path):
+        write(files, path)
 
 
 def load(source):
@@ -338,17 +349,17 @@ def main(argv=None):
         print(json.dumps(report, indent=2))
     else:
         print(format_table(allocations, initial))
+    from psconv_tf.runtime.errors import RunWriteError
+
     if args.json not in (None, "-"):
         try:
-            from psconv_tf.runtime import files
-
-            files.write_json(args.json, report)
-        except (ValueError, OSError) as error:
+            _write(args.json, lambda files, path: files.write_json(path, report))
+        except RunWriteError as error:
             fail("--json", error)
     if args.plot is not None:
         try:
             plot_scale_allocation(allocations, args.plot, initial, title=model.name)
-        except (ImportError, ValueError, OSError) as error:
+        except (ImportError, RunWriteError) as error:
             fail("--plot", error)
 
 

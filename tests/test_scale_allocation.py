@@ -170,6 +170,11 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
         assert stop.value.code == 2
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and message in error
+    with pytest.raises(SystemExit):  # a folder where the PNG should go
+        sa.main(["ps_cifar_resnet20", "--plot", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert error.endswith(f"error: --plot: cannot write {tmp_path} (Is a directory)\n")
+    assert error.count("\n") == 1
     layer = _built(PSConv2D(4, 3, pattern=(1, 2)), 4)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match='^plotting needs matplotlib: pip install "psconv-tf'):
