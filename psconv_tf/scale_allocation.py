@@ -115,7 +115,9 @@ def layer_allocation(layer):
     except ValueError as error:
         return LayerAllocation(in_channels=0, kernels={}, problem=str(error), **shape)
     shape["in_channels"] = int(matrix.shape[1])
-    rates = [int(r) for r in np.unique(matrix[matrix > 0])]
+    # A dynamic layer's two rates, also one that has lost all its kernels.
+    rates = sorted({int(r) for r in np.unique(matrix[matrix > 0])}
+                   | ({layer.small_rate, layer.large_rate} if kind == "dynamic" else set()))
     kernels = {r: int(np.sum(matrix == r)) for r in rates}
     bad = int(np.sum(~np.isfinite(kernel)))
     if bad:
@@ -182,7 +184,7 @@ def format_table(allocations, initial=None):
         raise ValueError("`initial` must measure the same layers, in the same order")
     rows = list(allocations) + [total(allocations)]
     starts = None if initial is None else list(initial) + [total(initial)]
-    rates = sorted({r for a in rows for r in a.kernels})
+    rates = sorted({r for a in rows + (starts or []) for r in a.kernels})
     rate_text = " · ".join(str(r) for r in rates)
     # A dynamic layer's kernels change rate in training: then both shares.
     moved = starts is not None and any(a.kind == "dynamic" for a in allocations)

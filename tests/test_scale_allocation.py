@@ -104,6 +104,11 @@ def test_dynamic_layer_uses_its_current_assignment():
     # (31.25 % printed as 31.2: Python rounds an exact half to even).
     row = sa.format_table([swapped], initial=[allocation]).splitlines()[2]
     assert [cell.strip() for cell in row.split("|")[4:6]] == ["68.8 · 31.2", "31.2 · 68.8"]
+    # A rate that has lost every kernel stays in the report, at 0.
+    layer.mask_factors[0].assign(np.full((4, 4), -0.5, "float32"))
+    layer.mask_factors[1].assign([[0.5]])
+    empty = sa.layer_allocation(layer)
+    assert empty.kernels == {1: 16, 2: 0} and empty.energy_shares == {1: 1.0, 2: 0.0}
 
 
 def test_nested_model_saved_and_loaded(tmp_path, capsys):
