@@ -185,3 +185,13 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
     with pytest.raises(ImportError, match='^plotting needs matplotlib: pip install "psconv-tf'):
         sa.plot_scale_allocation([sa.layer_allocation(layer)], tmp_path / "x.png")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.tensorflow
+def test_docs_script_refuses_a_folder_without_a_run(tmp_path):
+    from benchmarks import scale_allocation as script
+
+    with pytest.raises(ValueError, match="neither a model's run folder"):
+        script.model_folders(str(tmp_path))
+    with open(script.__file__, encoding="utf-8") as file:
+        assert "sys.path" not in file.read()
