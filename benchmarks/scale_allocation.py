@@ -41,8 +41,8 @@ DATASETS = {"fashion_mnist": "Fashion-MNIST"}
 
 
 def model_folders(run_dir):
-    """[(model folder, test top-1 or None)] of a quick run's RUN_DIR, or of
-    one model's run folder."""
+    """[(model folder, (test top-1, test images) or None)] of a quick run's
+    RUN_DIR, or of one model's run folder."""
     if os.path.isfile(os.path.join(run_dir, "best.keras")):
         return [(run_dir, None)]
     summary_path = os.path.join(run_dir, "quick_run.json")
@@ -50,13 +50,15 @@ def model_folders(run_dir):
         raise ValueError(f"{run_dir}: neither a model's run folder (best.keras) "
                          "nor a quick run's (quick_run.json)")
     with open(summary_path, encoding="utf-8") as file:
-        results = json.load(file).get("results", {})
-    return [(os.path.join(run_dir, name), result.get("test_top1"))
+        summary = json.load(file)
+    results = summary.get("results", {})
+    return [(os.path.join(run_dir, name),
+             (result["test_top1"], summary["test_examples"]) if "test_top1" in result else None)
             for name, result in results.items()
             if os.path.isfile(os.path.join(run_dir, name, "best.keras"))]
 
 
-def describe_run(config, top1):
+def describe_run(config, test):
     """What the run of `config` (a `RunConfig`) trained: a sentence and a
     short label."""
     data = DATASETS.get(config.dataset, config.dataset)
@@ -66,8 +68,8 @@ def describe_run(config, top1):
             f"images, seeded subset, {config.image_size} x {config.image_size} x "
             f"{config.channels}), {epochs_text} at batch {config.recipe.batch_size}, "
             f"seed {config.seed}")
-    if top1 is not None:
-        line += f"; test top-1 {100 * top1:.2f} % on 10,000 test images"
+    if test is not None:
+        line += f"; test top-1 {100 * test[0]:.2f} % on {test[1]:,} test images"
     short = f"{config.model}: {data}, {config.train_examples:,} images, {epochs_text}, seed {config.seed}"
     return line + ".", short
 
@@ -90,25 +92,46 @@ def kernel_change(model, start):
     return (moved / total) ** 0.5
 
 
+def changed_rates(model, start):
+    """The number of kernels whose rate differs between the two models."""
+    return sum(int(np.sum(now.dilation_matrix() != initial.dilation_matrix()))
+               for now, initial in zip(ps_layers(model), ps_layers(start)))
+
+
+def moved_text(allocations, initial, changed):
+    """How far the shares moved: the largest change of an energy share in
+    any layer and of the total's; `changed` kernels changed rate."""
+    def largest(pairs):
+        return max(abs(now.energy_shares[r] - start.energy_shares[r]) * 100
+                   for now, start in pairs for r in now.kernels)
+
+    pairs = [(a, b) for a, b in zip(allocations, initial)
+             if a.problem is None and b.problem is None]
+    return (f"the largest change of an energy share is {largest(pairs):.1f} points in a "
+            f"layer and {largest([(sa.total(allocations), sa.total(initial))]):.1f} over "
+            f"all layers; {changed} kernel(s) changed rate.")
+
+
 def measure(run_dirs):
     """[(description, table, allocations, initial, title)] of every PS model."""
     results = []
     for run_dir in run_dirs:
-        for folder, top1 in model_folders(run_dir):
+        for folder, test in model_folders(run_dir):
             model = sa.load(folder)
             if not ps_layers(model):
                 continue  # the standard twin
             config = run_config.read_config(folder)
             if config is None:
                 raise ValueError(f"{folder}: no config.json, so no known training")
-            description, short = describe_run(config, top1)
+            description, short = describe_run(config, test)
             start = starting_model(config)
             allocations = sa.scale_allocation(model)
             initial = sa.scale_allocation(start)
             table = sa.format_table(allocations, initial)
             change = kernel_change(model, start)
             body = (f"{description}\n\n{table}\n\nTraining moved the PS kernels by "
-                    f"||W - W_init|| / ||W_init|| = {change:.3f} from their initial values.")
+                    f"||W - W_init|| / ||W_init|| = {change:.3f} from their initial values; "
+                    f"{moved_text(allocations, initial, changed_rates(model, start))}")
             results.append((body, allocations, initial, short))
     return results
 
@@ -121,7 +144,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         results = measure(args.run_dirs)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, KeyError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     if not results:
         parser.exit(2, f"{parser.prog}: error: no PS model in {', '.join(args.run_dirs)}\n")
@@ -130,7 +153,7 @@ def main(argv=None):
     print(body)
     if args.write_docs:
         _, allocations, initial, title = results[0]
-        sa.plot_scale_allocation(allocations, PLOT, initial, title=title)
+        sa.plot_scale_allocation(allocations, PLOT, initial, title=title, dpi=72)
         report.write_section(SECTION, body, path=PAGE)
 
 

@@ -225,7 +225,7 @@ def _percentages(shares, rates):
     return " · ".join(f"{100 * shares[r]:.1f}" if r in shares else "-" for r in rates)
 
 
-def plot_scale_allocation(allocations, path=None, initial=None, title=None):
+def plot_scale_allocation(allocations, path=None, initial=None, title=None, dpi=100):
     """Draws each rate's energy share along the layers (solid), its kernel
     share (dotted) and, given `initial`, its energy share at initialization
     (dashed). Needs matplotlib (`pip install "psconv-tf[plot]"`).
@@ -237,6 +237,7 @@ def plot_scale_allocation(allocations, path=None, initial=None, title=None):
             `psconv_tf.runtime.errors.RunWriteError` naming it), or None.
         initial: `initial_allocation` of the same model, or None.
         title: the figure's title.
+        dpi: the PNG's dots per inch.
 
     Returns:
         The matplotlib Figure (closed when written to `path`).
@@ -277,7 +278,7 @@ def plot_scale_allocation(allocations, path=None, initial=None, title=None):
     figure.tight_layout()
     if path is not None:
         buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=110)
+        figure.savefig(buffer, format="png", dpi=dpi)
         plt.close(figure)
         _write(path, lambda files, path: files.write_bytes(path, buffer.getvalue()))
     return figure
