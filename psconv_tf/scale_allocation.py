@@ -199,7 +199,7 @@ def format_table(allocations, initial=None):
     for number, row in enumerate(rows):
         cells = [row.name, row.kind, "-" if row is rows[-1] else
                  f"{row.in_channels} -> {row.filters}"
-                 + (f" /{row.groups}" if row.groups > 1 else "")]
+                 + (f", {row.groups} groups" if row.groups > 1 else "")]
         if moved:
             start = starts[number]
             cells.append(_percentages(start.kernel_shares if start.kernels else None, rates))
@@ -240,20 +240,24 @@ def plot_scale_allocation(allocations, path=None, initial=None, title=None, dpi=
         dpi: the PNG's dots per inch.
 
     Returns:
-        The matplotlib Figure (closed when written to `path`).
+        The matplotlib Figure (outside pyplot when written to `path`).
     """
     try:
         import matplotlib
-
-        if path is not None:
-            matplotlib.use("Agg")  # no display needed to write a file
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as error:
         raise ImportError(f"plotting needs matplotlib: {PLOT_INSTALL}") from error
+    size = (max(5.0, 0.32 * len(allocations) + 2.5), 3.4)
+    if path is None:  # for display: a pyplot figure
+        import matplotlib.pyplot as plt
+
+        figure = plt.figure(figsize=size)
+    else:  # for the file only: no pyplot, no display, the user's backend untouched
+        figure = Figure(figsize=size)
+    axes = figure.subplots()
+    palette = matplotlib.colormaps["tab10"]
     rates = sorted({r for a in allocations for r in a.kernels})
     steps = np.arange(len(allocations))
-    figure, axes = plt.subplots(figsize=(max(5.0, 0.32 * len(allocations) + 2.5), 3.4))
-    palette = plt.get_cmap("tab10")
 
     def series(measured, shares_of, rate):
         return [100 * shares_of(a)[rate] if shares_of(a) and rate in shares_of(a)
@@ -279,7 +283,6 @@ def plot_scale_allocation(allocations, path=None, initial=None, title=None, dpi=
     if path is not None:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=dpi)
-        plt.close(figure)
         _write(path, lambda files, path: files.write_bytes(path, buffer.getvalue()))
     return figure
 

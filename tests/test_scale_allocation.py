@@ -74,6 +74,7 @@ def test_grouped_layer_maps_each_kernel_to_its_group():
     allocation = sa.layer_allocation(layer)
     assert (allocation.in_channels, allocation.groups) == (4, 2)
     assert allocation.kernels == {1: 4, 2: 2, 3: 2}
+    assert "| 4 -> 4, 2 groups |" in sa.format_table([allocation])
     total = sum(energies.values())
     for rate in counts:
         assert allocation.energy_shares[rate] == pytest.approx(energies[rate] / total, rel=1e-6)
