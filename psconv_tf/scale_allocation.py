@@ -197,9 +197,7 @@ def format_table(allocations, initial=None):
     header.append(f"energy % at {rate_text}" if starts is None else f"energy % now, {rate_text}")
     lines = []
     for number, row in enumerate(rows):
-        cells = [row.name, row.kind, "-" if row is rows[-1] else
-                 f"{row.in_channels} -> {row.filters}"
-                 + (f", {row.groups} groups" if row.groups > 1 else "")]
+        cells = [row.name, row.kind, _channels(row) if number < len(allocations) else "-"]
         if moved:
             start = starts[number]
             cells.append(_percentages(start.kernel_shares if start.kernels else None, rates))
@@ -217,6 +215,13 @@ def format_table(allocations, initial=None):
     text += [line(cells) for cells in lines]
     text += [f"\n{a.name}: {a.problem}" for a in allocations if a.problem]
     return "\n".join(text)
+
+
+def _channels(row):
+    if not row.in_channels:  # unknown: the layer is not built
+        return "-"
+    return f"{row.in_channels} -> {row.filters}" + (
+        f", {row.groups} groups" if row.groups > 1 else "")
 
 
 def _percentages(shares, rates):

@@ -162,6 +162,13 @@ def test_an_undefined_layer_is_named_and_the_others_reported():
     table = sa.format_table(rows)
     assert "\nbad: its kernel holds 1 non-finite value(s)" in table
     json.dumps([row.to_dict() for row in rows], allow_nan=False)
+    learned = _built(DynamicPSConv2D(4, 3, rates=(1, 2), name="learned"), 4)
+    learned.mask_factors[1].assign([[np.nan]])
+    assert "non-finite value(s)" in sa.layer_allocation(learned).problem
+    unbuilt = sa.layer_allocation(PSConv2D(4, 3, pattern=(1, 2), name="unbuilt"))
+    assert unbuilt.problem.count("\n") == 0 and unbuilt.energy_shares is None
+    table = sa.format_table([unbuilt, rows[0]])
+    assert "| unbuilt    | static | -  " in table and "\nunbuilt: " in table
 
 
 def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
