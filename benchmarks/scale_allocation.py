@@ -70,7 +70,8 @@ def describe_run(config, test):
             f"seed {config.seed}")
     if test is not None:
         line += f"; test top-1 {100 * test[0]:.2f} % on {test[1]:,} test images"
-    short = f"{config.model}: {data}, {config.train_examples:,} images, {epochs_text}, seed {config.seed}"
+    short = (f"{config.model}: {data}, {config.train_examples:,} images, {epochs_text}, "
+             f"seed {config.seed}")
     return line + ".", short
 
 

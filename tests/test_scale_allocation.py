@@ -113,8 +113,8 @@ def test_dynamic_layer_uses_its_current_assignment():
 
 
 def test_nested_model_saved_and_loaded(tmp_path, capsys):
-    inner = keras.Sequential([keras.Input((6, 6, 4)), PSConv2D(4, 3, pattern=(1, 2), padding="same")],
-                             name="inner")
+    inner = keras.Sequential(
+        [keras.Input((6, 6, 4)), PSConv2D(4, 3, pattern=(1, 2), padding="same")], name="inner")
     inputs = keras.Input((6, 6, 4))
     outputs = DynamicPSConv2D(4, 3, rates=(1, 3), padding="same", name="learned")(inner(inputs))
     model = keras.Model(inputs, outputs)
