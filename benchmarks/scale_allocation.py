@@ -9,7 +9,9 @@ initialization and after training. The initialization is the run's own
 starting point: the model rebuilt from its config.json right after seeding
 with its seed, as the training library builds it; the line under the
 table says how far training moved the kernels from it
-(||W - W_init|| / ||W_init|| over all PS kernels).
+(||W - W_init|| / ||W_init|| over all PS kernels), the largest change of an
+energy share (in a layer, and over the model) and how many kernels changed
+rate.
 
     python training/quick_run.py --train-examples 4000 --run-dir /tmp/scales_qr
     python -m benchmarks.scale_allocation /tmp/scales_qr --write-docs
