@@ -249,3 +249,25 @@ def test_compat_corrects_only_what_the_released_mask_covers():
     images = np.random.default_rng(10).normal(size=(2, 3, 32, 32))
     error = _relative_error(_keras_output(compat, images), _torch_output(official, images))
     assert error < TOLERANCE
+
+
+def test_detection_backbone_takes_the_authors_checkpoint(tmp_path):
+    """coco.py's `--model ps_resnext..._official --backbone-weights x.pth` path."""
+    from psconv_tf.detection.retinanet import load_backbone_weights
+    from psconv_tf.hub import PSResNetBackbone
+
+    official = _tiny_torch_resnext(seed=11)
+    torch.save(official.state_dict(), tmp_path / "official.pth")
+    backbone = PSResNetBackbone.from_zoo(
+        "ps_resnext50_32x4d_official", stackwise_num_blocks=[1, 1, 1, 1], groups=8,
+        width_per_group=4,
+    )
+    load_backbone_weights(backbone, tmp_path / "official.pth")
+    images = np.random.default_rng(12).normal(size=(1, 3, 64, 64))
+    with torch.no_grad():
+        x = torch.from_numpy(images)
+        net = official.double().eval()
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        expected = net.layer4(net.layer3(net.layer2(net.layer1(x)))).numpy()
+    error = _relative_error(_keras_output(backbone, images), expected.transpose(0, 2, 3, 1))
+    assert error < TOLERANCE

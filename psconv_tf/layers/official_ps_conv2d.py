@@ -31,13 +31,16 @@ class OfficialPSConv2D(PSConv2D):
     with M the positions where D is not 1 and the released mask leaves the
     rate-1 kernel (`rate1_positions()`). `rate1_kernel` has the kernel's
     shape and is zero outside M (there it neither computes nor trains).
-    `count_params()` counts it whole; `psconv_tf.profile` counts the
+    Non-finite inputs reach the rate-1 term as a plain convolution, as in
+    the released layer. `count_params()` counts it whole; `psconv_tf.profile` counts the
     weights that compute (`rate1_parameters()`) and their MACs.
     PS-ResNeXt-50 32x4d gains 618,912 effective 3x3 weights so (+43.8 % of
     its 1,414,656 grouped 3x3 weights); with groups=1 M is empty and the
     layer computes `PSConv2D`. The paper describes `PSConv2D`, which stays
-    the zoo's default; the authors' PS-ResNeXt results (their Table 1 and,
-    as far as their code shows, Tables 6 and 7) come from this layer.
+    the zoo's default; the authors' PS-ResNeXt results come from this
+    layer: Table 1's PS-ResNeXt-50/101 rows, Table 7's X101 rows (mmdet's
+    `PSGConv2d`) and Table 6's PS-ResNeXt-29 if their CIFAR runs used the
+    same module. For groups = 1 (PS-ResNet, PS-SE-ResNet) both are one.
 
     Args: as `PSConv2D`, with the official lattice only: `pattern` of even
     length holding rate 1 where the official layer does (its default
