@@ -9,8 +9,12 @@ Every architecture `NAME` is registered three times: `NAME` with standard
 convs, `ps_NAME` with PSConv2D (pass `pattern`, `cyclic` or `dilation_rate`
 to tune it) and `dps_NAME` with DynamicPSConv2D, which learns its lattice
 (pass `dynamic_options`; `psconv_tf.freeze` turns it into `ps_NAME` with the
-learned lattices). The builders are also importable by name, with a `conv`
-argument.
+learned lattices). The grouped architectures (ResNeXt) are registered a
+fourth time, `ps_NAME_official`, with `OfficialPSConv2D`: the network the
+authors trained with their released grouped layer, which keeps rate-1
+kernels beside the dilated ones in most groups (the paper's form, `ps_NAME`,
+stays the default). The builders are also importable by name, with a `conv`
+argument ("standard", "psconv", "dynamic" or "psconv_official").
 """
 
 import fnmatch
@@ -61,20 +65,24 @@ _ARCHITECTURES = {
 }
 
 
-_PREFIXES = {"standard": "", "psconv": "ps_", "dynamic": "dps_"}
+_NAMES = {
+    "standard": "{}", "psconv": "ps_{}", "dynamic": "dps_{}",
+    "psconv_official": "ps_{}_official",
+}
 
 
 def _builder(architecture):
     def build(conv="standard", **kwargs):
         arguments = dict(_ARCHITECTURES[architecture])
         arguments.update(kwargs)
-        arguments.setdefault("name", _PREFIXES.get(conv, "") + architecture)
+        arguments.setdefault("name", _NAMES.get(conv, "{}").format(architecture))
         return ResNet(conv=conv, **arguments)
 
     build.__name__ = architecture
     build.__doc__ = (
         f"{architecture}: `ResNet` with this architecture's stages; `conv` is "
-        "'standard', 'psconv' or 'dynamic', other arguments as for `ResNet`."
+        "'standard', 'psconv', 'dynamic' or 'psconv_official', other arguments "
+        "as for `ResNet`."
     )
     return build
 
@@ -100,6 +108,8 @@ for _name, _build in _BUILDERS.items():
     _REGISTRY[_name] = functools.partial(_build, conv="standard")
     _REGISTRY["ps_" + _name] = functools.partial(_build, conv="psconv")
     _REGISTRY["dps_" + _name] = functools.partial(_build, conv="dynamic")
+    if _ARCHITECTURES[_name].get("groups", 1) > 1:
+        _REGISTRY[f"ps_{_name}_official"] = functools.partial(_build, conv="psconv_official")
 
 
 def list_models(filter="", exclude_filters=""):
@@ -145,7 +155,8 @@ def get(name, **kwargs):
     """Builds the registered model `name` (see `list_models()`).
 
     Args:
-        name: e.g. "resnet50", "ps_resnet50" or "dps_resnet50".
+        name: e.g. "resnet50", "ps_resnet50", "dps_resnet50" or
+            "ps_resnext50_32x4d_official".
         **kwargs: arguments of `ResNet` (include_top, num_classes,
             classifier_activation, input_shape, pooling, feature_maps,
             weights, pattern, cyclic, dilation_rate, frozen_stages,

@@ -17,9 +17,10 @@ import keras
 from psconv_tf.engine import arguments
 from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
 from psconv_tf.layers.native_conv import NativeConv2D
+from psconv_tf.layers.official_ps_conv2d import OfficialPSConv2D
 from psconv_tf.layers.ps_conv2d import PSConv2D
 
-CONV_TYPES = ("standard", "psconv", "dynamic")
+CONV_TYPES = ("standard", "psconv", "dynamic", "psconv_official")
 BATCH_NORM = dict(momentum=0.9, epsilon=1e-5)  # PyTorch's defaults
 
 
@@ -87,8 +88,12 @@ def ResNet(
         width_per_group: bottleneck width per group at 64 planes (ResNeXt's d).
         se_reduction: if set, a squeeze-and-excitation unit with this
             reduction ratio on every residual branch (SE-ResNet).
-        conv: `"standard"`, `"psconv"` or `"dynamic"` (`DynamicPSConv2D`,
-            which learns its lattice; freeze it with `psconv_tf.freeze`).
+        conv: `"standard"`, `"psconv"` (the paper's `PSConv2D`), `"dynamic"`
+            (`DynamicPSConv2D`, which learns its lattice; freeze it with
+            `psconv_tf.freeze`) or `"psconv_official"` (`OfficialPSConv2D`,
+            the authors' released grouped layer, which keeps rate-1 kernels
+            beside the dilated ones in most groups; the same as "psconv"
+            for groups=1).
         pattern, cyclic, dilation_rate: passed to every `PSConv2D`.
         dynamic_options: dict of `DynamicPSConv2D` arguments (rates,
             factor_shapes, surrogate, ...) for `conv="dynamic"`.
@@ -189,6 +194,7 @@ def ResNet(
         "standard": _conv3x3,
         "psconv": _psconv3x3(PSConv2D, psconv),
         "dynamic": _psconv3x3(DynamicPSConv2D, dynamic_options or {}),
+        "psconv_official": _psconv3x3(OfficialPSConv2D, psconv),
     }[conv]
 
     inputs = keras.Input(input_shape, name="image")

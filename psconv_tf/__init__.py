@@ -21,6 +21,7 @@ from psconv_tf.engine.lattice import dilation_matrix
 from psconv_tf.layers.native_conv import NativeConv2D
 from psconv_tf.profile import profile
 from psconv_tf.layers.ps_conv2d import PSConv2D
+from psconv_tf.layers.official_ps_conv2d import OfficialPSConv2D
 from psconv_tf.rate_share import RateShareLogger
 from psconv_tf.rate_share import rate_shares
 from psconv_tf.saving import load_model

@@ -5,6 +5,7 @@ import keras
 from psconv_tf import graph
 from psconv_tf.engine import lattice
 from psconv_tf.layers.native_conv import NativeConv2D
+from psconv_tf.layers.official_ps_conv2d import OfficialPSConv2D
 from psconv_tf.layers.ps_conv2d import PSConv2D
 
 # Convolutions that convert: Keras' own, and the zoo's grouped twin of it.
@@ -19,6 +20,7 @@ def convert(
     layout="blocked",
     dilation_rate=1,
     transfer_kernels=False,
+    official=False,
 ):
     """A copy of `model` in which chosen `Conv2D` layers are `PSConv2D`.
 
@@ -37,6 +39,11 @@ def convert(
         transfer_kernels: copy the kernels (and biases) of converted layers,
             each kernel to its place; else they are initialized anew, as when
             training from scratch.
+        official: if True, grouped layers (groups > 1) become
+            `OfficialPSConv2D`, the authors' released grouped layer, whose
+            `rate1_kernel` starts anew (also with `transfer_kernels`, which
+            copies the kernel); the official lattice only (even `pattern`,
+            cyclic "both", layout "blocked", dilation_rate 1).
 
     Returns:
         A new `keras.Model`.
@@ -65,6 +72,9 @@ def convert(
             "cannot see. Use PSConv2D in its code instead."
         )
     pattern = lattice.validate_pattern(pattern)
+    if official:  # its constructor refuses other lattices, naming the argument
+        OfficialPSConv2D(len(pattern), 3, pattern=pattern, cyclic=cyclic,
+                         layout=layout, dilation_rate=dilation_rate)
     _check_some_chosen(model, predicate, pattern, cyclic)
     chosen = set()
 
@@ -73,7 +83,8 @@ def convert(
         if type(layer) in PLAIN_CONVS and _chosen(layer, predicate, pattern, cyclic):
             _check_convertible(layer, pattern, cyclic)
             chosen.add(layer.name)
-            return PSConv2D.from_config(
+            layer_class = OfficialPSConv2D if official and layer.groups > 1 else PSConv2D
+            return layer_class.from_config(
                 _psconv_config(config, pattern, cyclic, layout, dilation_rate)
             )
         return layer.__class__.from_config(config)
@@ -83,6 +94,11 @@ def convert(
 
     def copy_layer(old, new):
         if old.name not in skip:
+            if isinstance(new, OfficialPSConv2D):  # the rate-1 kernels start anew
+                new.kernel.assign(old.kernel)
+                if new.use_bias:
+                    new.bias.assign(old.bias)
+                return
             graph.copy_layer_weights(old, new)
 
     graph.copy_weights(model, converted, copy_layer)

@@ -7,6 +7,7 @@ import keras
 from psconv_tf import graph
 from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
 from psconv_tf.layers.base import PSConvBase
+from psconv_tf.layers.official_ps_conv2d import OfficialPSConv2D
 
 
 def profile(model, input_shape=None):
@@ -23,6 +24,10 @@ def profile(model, input_shape=None):
     the MACs of the forward pass while they are dynamic: one full
     convolution per rate, twice the static MACs for two rates.
 
+    An `OfficialPSConv2D` counts the weights of its `rate1_kernel` that
+    compute (`rate1_parameters()`), not the zeros it holds elsewhere, and
+    their MACs.
+
     Args:
         model: a built functional or Sequential model.
         input_shape: input shape without batch, to count at another size than
@@ -36,8 +41,13 @@ def profile(model, input_shape=None):
         model = keras.models.clone_model(
             model, input_tensors=keras.Input(tuple(input_shape))
         )
+    held_zeros = sum(
+        math.prod(layer.rate1_kernel.shape) - layer.rate1_parameters()
+        for layer in graph.layers_of(model)
+        if isinstance(layer, OfficialPSConv2D) and layer.trainable
+    )
     counts = {
-        "params": sum(math.prod(w.shape) for w in model.trainable_weights),
+        "params": sum(math.prod(w.shape) for w in model.trainable_weights) - held_zeros,
         "macs": _macs(model),
     }
     dynamic = [layer for layer in graph.layers_of(model) if isinstance(layer, DynamicPSConv2D)]

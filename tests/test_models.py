@@ -104,8 +104,8 @@ def test_resnet50_matches_the_paper_table_2():
 
 
 @pytest.mark.parametrize(
-    "name", [n for n in models.list_models() if not n.startswith("dps_")]
-)  # dynamic models: test_dynamic_zoo.py
+    "name", models.list_models(exclude_filters=["dps_*", "*_official"])
+)  # dynamic models: test_dynamic_zoo.py; official ones: test_official_grouped.py
 def test_every_model_runs_with_the_figures_of_its_family(name):
     """Builds, runs, and counts every model; twins count the same by hand."""
     family = name.removeprefix("ps_")
@@ -269,7 +269,8 @@ def test_list_models_filters_as_timm():
     assert models.list_models("ps_*") == [n for n in models.list_models() if n.startswith("ps_")]
     assert models.list_models(["*resnext29*", "se_*"]) == [
         "dps_resnext29_16x64d", "dps_resnext29_8x64d", "ps_resnext29_16x64d",
-        "ps_resnext29_8x64d", "resnext29_16x64d", "resnext29_8x64d",
+        "ps_resnext29_16x64d_official", "ps_resnext29_8x64d",
+        "ps_resnext29_8x64d_official", "resnext29_16x64d", "resnext29_8x64d",
         "se_resnet101", "se_resnet50"]
     assert models.list_models("*resnet50", exclude_filters=["dps_*", "*se_*"]) == [
         "ps_resnet50", "resnet50"]

@@ -18,6 +18,7 @@ from psconv_tf.checkpoints.official import KERAS_TO_TORCH_CONV
 from psconv_tf.checkpoints.official import PSCONV_PARTS
 from psconv_tf.checkpoints.official import TORCH_TO_KERAS_CONV
 from psconv_tf.checkpoints.official import checked
+from psconv_tf.checkpoints.official import misses_released_mask
 from psconv_tf.checkpoints.official import official_dense_kernel  # noqa: F401 (re-exported)
 from psconv_tf.checkpoints.official import psconv_values
 from psconv_tf.checkpoints.official import with_masked_corrections
@@ -52,7 +53,11 @@ def load_torch(model, path_or_state_dict, strict=True, masked="error", dilation=
     positions). Where it is not (mmdet re-initializes the weights after the
     mask is applied and the gradient hook then keeps those values; the
     official `PSGConv2d` masks only some of its groups), the official layer
-    adds a rate-1 term there that no PSConv has. `masked` decides:
+    adds a rate-1 term there that no PSConv has. An `OfficialPSConv2D` (the
+    zoo's `ps_NAME_official`, the authors' grouped network) holds that term
+    where the released `PSGConv2d` leaves it, in its `rate1_kernel`, and is
+    filled in place; what remains, and everything for other layers, is
+    judged by `masked`:
 
     - `"error"` (default): raise, naming every such layer with the number and
       the largest magnitude of its nonzero masked weights.
@@ -67,7 +72,11 @@ def load_torch(model, path_or_state_dict, strict=True, masked="error", dilation=
       full (grouped) 3x3 conv, so each affected layer costs about twice as
       much. Only plain functional models (the zoo's) can be copied so; for
       others (a keras-hub backbone) this raises before assigning anything.
-      Without affected layers, `model` is filled and returned.
+      Without affected layers, `model` is filled and returned. (It stays
+      the general correction: it reproduces any nonzero masked weights,
+      also mmdet's re-initialised ones; for the released grouped layer's
+      own weights, build `ps_NAME_official` instead, which trains, saves,
+      exports and becomes a preset as it is.)
     - `"zero"`: drop the masked weights, keeping the pure PSConv.
 
     Args:
@@ -150,18 +159,20 @@ def load_torch(model, path_or_state_dict, strict=True, masked="error", dilation=
     if strict and (missing or unexpected):
         raise ValueError(_key_mismatch_message(missing, unexpected))
 
-    assignments, residuals = [], {}
+    assignments, residuals, released = [], {}, []
     for layer in complete:
         params, module = tensors[layer.name], modules[layer.name]
         if isinstance(layer, PSConv2D):
             values, residual = psconv_values(layer, params, module, dilation)
             if np.any(residual):
                 residuals[layer.name] = residual
+                if misses_released_mask(layer, residual):
+                    released.append(layer.name)
         else:
             values = _plain_values(layer, params, module)
         assignments += values
     if residuals and masked == "error":
-        raise ValueError(_masked_message(residuals, tensors, modules))
+        raise ValueError(_masked_message(residuals, tensors, modules, released))
     compat = bool(residuals) and masked == "compat"
     if compat and not _is_plain_functional(model):
         raise ValueError(_compat_refusal(model, residuals))
@@ -301,7 +312,7 @@ def _plain_values(layer, params, module):
     return values
 
 
-def _masked_message(residuals, tensors, modules):
+def _masked_message(residuals, tensors, modules, released):
     lines = []
     for name, residual in residuals.items():
         nonzero = np.count_nonzero(residual)
@@ -319,6 +330,20 @@ def _masked_message(residuals, tensors, modules):
         + "\nPass masked='compat' to reproduce the official outputs with an "
         "extra rate-1 conv beside each of these layers, or masked='zero' to "
         "drop these weights."
+        + _released_hint(residuals, released)
+    )
+
+
+def _released_hint(residuals, released):
+    if not released:
+        return ""
+    every = "All of them lie" if len(released) == len(residuals) else (
+        f"In {len(released)} of these layers ({listing(released, 4)}) they lie")
+    return (
+        f" {every} where the released grouped layer (PSGConv2d) leaves its "
+        "rate-1 kernels: the checkpoint is the authors' grouped network, which "
+        "the zoo builds as 'ps_NAME_official' (conv='psconv_official', "
+        "OfficialPSConv2D) and which loads these weights as they are."
     )
 
 

@@ -8,12 +8,20 @@ masked positions). Together they are one `PSConv2D(pattern=(1, d, 1, 2d))`
 in the blocked layout. `psconv_values` writes them into a layer's kernel and
 returns the masked weights that are not zero; `with_masked_corrections`
 adds those back as standard layers (`load_torch(masked="compat")`).
+
+The released grouped layer masks only some groups
+(`psconv_tf.engine.official_mask`); an `OfficialPSConv2D` holds the dense
+conv's weights at the positions it leaves unmasked in its `rate1_kernel`, so
+that only the weights at the positions the released layer masks remain to
+be judged as masked.
 """
 
 import keras
 import numpy as np
 
 from psconv_tf.engine import grouped
+from psconv_tf.engine import official_mask
+from psconv_tf.layers.official_ps_conv2d import OfficialPSConv2D
 
 
 PSCONV_PARTS = ("gwconv", "gwconv_shift", "conv")
@@ -37,7 +45,9 @@ def psconv_values(layer, params, module, dilation):
     """The PSConv2D kernel (and bias) of an official layer, and its residual.
 
     The residual holds the dense conv's weights at the masked positions, as a
-    Keras kernel of the layer's shape (zeros elsewhere).
+    Keras kernel of the layer's shape (zeros elsewhere). For an
+    `OfficialPSConv2D`, the weights at its `rate1_positions()` fill its
+    `rate1_kernel` and are no part of the residual.
     """
     if layer.activation is not keras.activations.linear:
         raise ValueError(
@@ -84,6 +94,11 @@ def psconv_values(layer, params, module, dilation):
     residual = np.where(masked[:, :, None, None], params["conv.weight"], 0)
     kernel = dense.transpose(TORCH_TO_KERAS_CONV)
     values = [(layer.kernel, grouped.compress(kernel, groups, out_axis=3, in_axis=2))]
+    if isinstance(layer, OfficialPSConv2D):
+        beside = layer.rate1_positions()[:, :, None, None]
+        values.append((layer.rate1_kernel, np.where(beside, residual, 0)
+                       .transpose(TORCH_TO_KERAS_CONV)))
+        residual = np.where(beside, 0, residual)
     if layer.use_bias:
         bias = sum(params[f"{part}.bias"] for part in PSCONV_PARTS)
         values.append((layer.bias, bias))
@@ -130,6 +145,23 @@ def official_dense_kernel(params, groups=1, parts=4, dilation=2):
     rates = np.where(diagonal, dilation, np.where(shifted, 2 * dilation, same_group))
     masked = grouped.compress(diagonal | shifted, groups)
     return dense, rates.astype(np.int64), masked
+
+
+def misses_released_mask(layer, residual):
+    """Whether the nonzero weights of a (Keras-layout) `residual` of a
+    grouped `PSConv2D` all lie where the released `PSGConv2d` leaves its
+    rate-1 kernels, as in the authors' grouped checkpoints."""
+    if layer.groups == 1 or isinstance(layer, OfficialPSConv2D) or not layer.pattern:
+        return False
+    filters, in_channels = layer.filters, layer.kernel.shape[2] * layer.groups
+    try:
+        released = official_mask.masked_positions(
+            filters, in_channels, layer.groups, len(layer.pattern), slip=True
+        )
+    except ValueError:
+        return False
+    nonzero = np.any(residual != 0, axis=(0, 1)).T  # (filters, in / groups)
+    return bool(nonzero.any()) and not np.any(nonzero & released)
 
 
 def with_masked_corrections(model, residuals):

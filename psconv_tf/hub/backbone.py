@@ -30,7 +30,10 @@ class PSResNetBackbone(saving.PresetLoading, saving.StagedSaving, FeaturePyramid
         block_type: "bottleneck" or "basic".
         stem: "imagenet" (7x7/2 conv, 3x3/2 max pool) or "cifar" (3x3 conv).
         stem_filters, groups, width_per_group, se_reduction: as for `ResNet`.
-        conv: "standard" or "psconv" (every 3x3 conv of the blocks).
+        conv: "standard", "psconv" (every 3x3 conv of the blocks a
+            `PSConv2D`, the paper's layer), "dynamic" or "psconv_official"
+            (`OfficialPSConv2D`, the authors' released grouped layer, as in
+            the presets "ps_resnext50_32x4d_official", ...).
         pattern, cyclic, dilation_rate: of every `PSConv2D`.
         frozen_stages: -1 (none), 0 (the stem) or k (the stem and stages
             1..k) not trainable, their BatchNorm statistics frozen too.

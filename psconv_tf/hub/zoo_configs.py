@@ -27,7 +27,10 @@ NAMED_PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "na
 CONFIG_FILE = "config.json"
 CONVERTER_FILE = "image_converter.json"
 WEIGHTS_INDEX_FILE = "model.weights.json"
-_CONV_NAMES = {"standard": "standard", "psconv": "PSConv2D", "dynamic": "DynamicPSConv2D"}
+_CONV_NAMES = {
+    "standard": "standard", "psconv": "PSConv2D", "dynamic": "DynamicPSConv2D",
+    "psconv_official": "OfficialPSConv2D",
+}
 
 
 def backbone_config(name):
