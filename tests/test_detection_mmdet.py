@@ -60,11 +60,11 @@ def test_one_box_above_the_threshold_in_two_classes_is_two_detections():
 
 def test_the_best_detections_over_all_classes_are_kept():
     far = [[40 * k, 0, 40 * k + 10, 10] for k in range(4)]  # no overlaps
-    probabilities = [[0.3, 0.9], [0.8, 0.1], [0.2, 0.6], [0.7, 0.5]]
+    probabilities = [[0.95, 0.9], [0.8, 0.1], [0.2, 0.6], [0.7, 0.5]]
     boxes, scores, labels = _decode(far, probabilities, max_detections=3)
-    np.testing.assert_allclose(scores, [0.9, 0.8, 0.7], rtol=1e-6)
-    assert labels == [1, 0, 0]
-    np.testing.assert_array_equal(boxes, [far[0], far[1], far[3]])
+    np.testing.assert_allclose(scores, [0.95, 0.9, 0.8], rtol=1e-6)  # box 0 twice
+    assert labels == [0, 1, 0]
+    np.testing.assert_array_equal(boxes, [far[0], far[0], far[1]])
 
 
 def _reference_multiclass_nms(boxes, scores, score_threshold, iou_threshold, max_detections):

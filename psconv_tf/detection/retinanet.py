@@ -1,10 +1,12 @@
 """RetinaNet on zoo backbones: model, backbone weights, the 1x schedule, and
 training / evaluation loops over `input_pipeline` batches.
 
-The detector is keras-hub's `RetinaNetObjectDetector`: an FPN of standard
-convs (P3-P7, P6 from C5) on a `PSResNetBackbone`, focal loss and smooth-L1
-(Huber) box loss, anchors of 3 scales x 3 aspect ratios. That is RetinaNet,
-not the Mask R-CNN of the paper's Table 7.
+The detector is keras-hub's `RetinaNetObjectDetector`: an FPN (P3-P7, P6
+from C5; standard convs, or PSConv in its 3x3 output convs: `neck`) on a
+`PSResNetBackbone`, focal loss and smooth-L1 (Huber) box loss, anchors of 3
+scales x 3 aspect ratios at the true strides for any image size that is a
+multiple of 32 (`anchors`), MMDetection's class-wise NMS (`nms`). That is
+RetinaNet, not the Mask R-CNN of the paper's Table 7.
 """
 
 import dataclasses
