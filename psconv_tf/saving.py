@@ -44,11 +44,17 @@ DEFERRED_CLASSES = {
     "psconv_tf>ConvertedImageClassifier": "psconv_tf.hub",
     "psconv_training>CoupledWeightDecaySGD": "psconv_tf.training",
     "psconv_tf>WarmupPiecewise": "psconv_tf.training",
+    "psconv_tf>MultiClassNMS": "psconv_tf.detection.nms",
+    "psconv_tf>StrideAnchorGenerator": "psconv_tf.detection.anchors",
+    "psconv_tf>PSRetinaNetBackbone": "psconv_tf.detection.neck",
 }
 # What each optional module imports, and the extra that installs it.
 REQUIREMENTS = {
     "psconv_tf.hub": (("keras_hub",), "detect"),
     "psconv_tf.training": (("tensorflow",), "cpu"),
+    "psconv_tf.detection.nms": (("tensorflow",), "cpu"),
+    "psconv_tf.detection.anchors": (("tensorflow", "keras_hub"), "cpu,detect"),
+    "psconv_tf.detection.neck": (("keras_hub",), "detect"),
 }
 OWN_PACKAGES = ("psconv_tf", "psconv_training")
 CONFIG_MEMBER = "config.json"  # of a .keras archive

@@ -227,7 +227,7 @@ def test_training_batches_leave_out_images_without_objects(tmp_path):
     examples = input_pipeline.coco_examples(data)
     (images, target), = input_pipeline.batched(examples, config, 2, training=False).take(1)
     assert sorted(np.asarray(target["image_id"]).tolist()) == [1, 2]  # evaluation keeps all
-    assert images.shape == (2, 64, 64, 3)
+    assert images.shape == (2, 32, 64, 3)  # 48x64 resized to 32x43, padded to 32x64
     (_, target), = input_pipeline.batched(examples, config, 1, training=True).take(1)
     assert np.asarray(target["image_id"]).tolist() == [1]
 

@@ -80,8 +80,10 @@ def test_schedule_is_the_1x_schedule():
     from psconv_tf.training.schedules import learning_rate_schedule
 
     rate = learning_rate_schedule(dataclasses.replace(configs.COCO_1X, batch_size=32), 100)
-    # Linear scaling (0.01 at 16 -> 0.02), warm-up from 0.001 of it over 500 steps.
-    for step, expected in ((0, 2e-5), (250, 0.02 * (0.001 + 0.999 * 0.5)), (500, 0.02),
+    # Linear scaling (0.01 at 16 -> 0.02), MMDetection's linear warm-up from 1/3 of
+    # it over 500 steps: 1 - (1 - i / 500) * (1 - 1/3).
+    for step, expected in ((0, 0.02 / 3), (100, 0.02 * 7 / 15), (250, 0.02 * 2 / 3),
+                           (499, 0.02 * (1 - 1 / 750)), (500, 0.02),
                            (799, 0.02), (800, 0.002), (1099, 0.002), (1100, 0.0002)):
         assert float(rate(step)) == pytest.approx(expected, rel=1e-5), step
 

@@ -152,9 +152,9 @@ def test_a_killed_run_resumes_mid_epoch(shapes, tmp_path):
     assert start["event"] == "start" and start["resumed"]
     assert (start["steps_done"], start["epoch"], start["step"]) == (2, 0, 2)
     assert start["optimizer_iterations"] == 2
-    # Learning rate 0.01 x 2 / 16, in its warm-up from 0.001 x over 5 steps.
+    # Learning rate 0.01 x 2 / 16, in its warm-up from 1/3 x over 5 steps.
     np.testing.assert_allclose(start["learning_rate"],
-                               0.01 * 2 / 16 * (0.001 + 0.999 * 2 / 5), rtol=1e-5)
+                               0.01 * 2 / 16 * (1 / 3 + 2 / 3 * 2 / 5), rtol=1e-5)
     epoch_records = [record for record in log if record["event"] == "epoch"]
     assert [record["steps"] for record in epoch_records] == [steps - 2, steps]
     assert epoch_records[-1]["steps_done"] == epoch_records[-1]["optimizer_iterations"] \
@@ -181,14 +181,14 @@ def test_the_1x_milestones_scale_with_the_epochs(epochs, milestones):
 
 def test_the_1x_schedule_of_a_short_run():
     """--epochs 2 at batch 8, 10 steps per epoch, warm-up over 500 steps:
-    computed by hand, 0.01 x 8 / 16 = 0.005, x (0.001 + 0.999 t / 500)
+    computed by hand, 0.01 x 8 / 16 = 0.005, x (1/3 + 2/3 t / 500)
     while warming up, / 10 from epoch 1 (8 x 2 // 12 = 1), step 10."""
     args = coco.build_parser().parse_args(["--epochs", "2", "--batch-size", "8"])
     recipe = cli.recipe_from_args(configs.COCO_1X, args, coco._decay_epochs)
     rate = schedules.learning_rate_schedule(recipe, 10)
-    for step, expected in ((0, 0.005 * 0.001), (9, 0.005 * (0.001 + 0.999 * 9 / 500)),
-                           (10, 0.0005 * (0.001 + 0.999 * 10 / 500)),
-                           (19, 0.0005 * (0.001 + 0.999 * 19 / 500))):
+    for step, expected in ((0, 0.005 / 3), (9, 0.005 * (1 / 3 + 2 / 3 * 9 / 500)),
+                           (10, 0.0005 * (1 / 3 + 2 / 3 * 10 / 500)),
+                           (19, 0.0005 * (1 / 3 + 2 / 3 * 19 / 500))):
         assert float(rate(step)) == pytest.approx(expected, rel=1e-5), step
     no_warmup = dataclasses.replace(recipe, warmup_steps=0)
     assert [float(schedules.learning_rate_schedule(no_warmup, 10)(step))

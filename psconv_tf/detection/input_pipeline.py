@@ -4,10 +4,10 @@ Every example becomes (image, target): the image resized as the detection
 recipe does (shorter side to `min_size`, longer side at most `max_size`,
 aspect kept: mmdet's `Resize(img_scale=(1333, 800), keep_ratio=True)`),
 randomly flipped for training, normalized with ImageNet's statistics and
-zero-padded to a fixed square canvas, `max_size` rounded up to the coarsest
-anchor stride (keras-hub's anchor generator needs static image shapes, as
-TF Model Garden's fixed output sizes do; per-batch padding as in mmdet
-would retrace for every shape); `target` holds
+zero-padded at the bottom and right, per batch, to the batch's largest
+height and width rounded up to a multiple of `size_divisor` (mmdet's
+`Pad(size_divisor=32)`; the detector's anchors follow any such shape,
+`anchors.StrideAnchorGenerator`); `target` holds
 "boxes" (xyxy pixels of the resized image, padded with -1), "labels"
 (0..C-1, padded with -1), "image_id" and "scale" (resized / original).
 
@@ -34,13 +34,16 @@ PAD = -1
 
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
-    """min_size/max_size: the resize range; size_divisor: the canvas side is
-    max_size rounded up to a multiple of it (128 = stride of P7); flip:
-    random horizontal flips."""
+    """min_size/max_size: the resize range; size_divisor: a batch's images
+    are padded to its largest height and width rounded up to a multiple of
+    it (32, mmdet's: the stride of C5, so that the FPN's top-down path meets
+    sizes that halve exactly, which RetinaNet needs; a larger multiple of 32
+    makes fewer distinct shapes, which matters under XLA, compiled once per
+    shape); flip: random horizontal flips."""
 
     min_size: int = 800
     max_size: int = 1333
-    size_divisor: int = 128
+    size_divisor: int = 32
     flip: bool = False
 
     def __post_init__(self):
@@ -51,10 +54,6 @@ class InputConfig:
             )
         if self.size_divisor <= 0:
             raise ValueError(f"size_divisor must be positive. Received: {self.size_divisor}")
-
-    @property
-    def canvas(self):
-        return -(-self.max_size // self.size_divisor) * self.size_divisor
 
 
 def coco_examples(data, labels_of=None):
@@ -191,8 +190,9 @@ def resize_and_flip(example, config, training, seed=None):
 
 def batched(examples, config, batch_size, training, shuffle_buffer=1000, seed=None):
     """Resized, (shuffled,) padded batches: images zero-padded to the
-    canvas, boxes and labels with -1 to the batch's largest count; for
-    training, images without objects are left out."""
+    batch's largest height and width rounded up to `config.size_divisor`,
+    boxes and labels with -1 to the batch's largest count; for training,
+    images without objects are left out."""
     if training:
         # Images without objects teach nothing and, batched together, leave
         # the label encoder no boxes at all (mmdet's filter_empty_gt).
@@ -219,11 +219,14 @@ def batched(examples, config, batch_size, training, shuffle_buffer=1000, seed=No
         ),
         drop_remainder=training,
     )
-    canvas = config.canvas
+    return dataset.map(
+        lambda images, target: (pad_to_multiple(images, config.size_divisor), target)
+    ).prefetch(tf.data.AUTOTUNE)
 
-    def pad_to_canvas(images, target):
-        size = tf.shape(images)[1:3]
-        images = tf.pad(images, [[0, 0], [0, canvas - size[0]], [0, canvas - size[1]], [0, 0]])
-        return tf.ensure_shape(images, [None, canvas, canvas, 3]), target
 
-    return dataset.map(pad_to_canvas).prefetch(tf.data.AUTOTUNE)
+def pad_to_multiple(images, divisor):
+    """`images` [batch, H, W, C] zero-padded at the bottom and right to H and
+    W rounded up to multiples of `divisor`; pixel coordinates are unchanged."""
+    size = tf.shape(images)[1:3]
+    extra = (-size) % divisor
+    return tf.pad(images, [[0, 0], [0, extra[0]], [0, extra[1]], [0, 0]])

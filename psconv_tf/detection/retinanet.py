@@ -1,10 +1,12 @@
 """RetinaNet on zoo backbones: model, backbone weights, and the training
 inputs and detections over `input_pipeline` batches.
 
-The detector is keras-hub's `RetinaNetObjectDetector`: an FPN of standard
-convs (P3-P7, P6 from C5) on a `PSResNetBackbone`, focal loss and smooth-L1
-(Huber) box loss, anchors of 3 scales x 3 aspect ratios. That is RetinaNet,
-not the Mask R-CNN of the paper's Table 7.
+The detector is keras-hub's `RetinaNetObjectDetector`: an FPN (P3-P7, P6
+from C5; standard convs, or PSConv in its 3x3 output convs: `neck`) on a
+`PSResNetBackbone`, focal loss and smooth-L1 (Huber) box loss, anchors of 3
+scales x 3 aspect ratios at the true strides for any image size that is a
+multiple of 32 (`anchors`), MMDetection's class-wise NMS (`nms`). That is
+RetinaNet, not the Mask R-CNN of the paper's Table 7.
 """
 
 import os
@@ -14,7 +16,10 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from psconv_tf.detection import anchors
 from psconv_tf.detection import evaluation
+from psconv_tf.detection import neck as necks
+from psconv_tf.detection import nms
 from psconv_tf.layers.dynamic_ps_conv2d import DynamicPSConv2D
 from psconv_tf.hub import PSResNetBackbone
 from psconv_tf.layers.ps_conv2d import PSConv2D
@@ -23,9 +28,14 @@ from psconv_tf.checkpoints.loading import load_torch
 TORCH_SUFFIXES = (".pth", ".pt")
 
 
-def build_detector(backbone, num_classes, head_convs=4, dtype=None):
-    """RetinaNet (FPN P3-P7 of standard convs) on `backbone`: a
-    `PSResNetBackbone` or a zoo name, built with `image_shape=(None, None, 3)`."""
+def build_detector(backbone, num_classes, head_convs=4, dtype=None, neck="standard"):
+    """RetinaNet (FPN P3-P7) on `backbone`: a `PSResNetBackbone` or a zoo
+    name, built with `image_shape=(None, None, 3)`. `neck`: "standard" (the
+    FPN's 3x3 convs standard, as in the paper's Table 7) or "psconv"
+    (`neck.PSRetinaNetBackbone`: PSConv in the FPN's 3x3 output convs, the
+    paper's footnote 4). Anchors follow the image's size at every call
+    (`anchors.StrideAnchorGenerator`), so batches may be of any size that is
+    a multiple of 32; decoding is class-wise NMS (`prediction_decoder`)."""
     if isinstance(backbone, str):
         backbone = PSResNetBackbone.from_zoo(backbone, dtype=dtype)
     if set(backbone.pyramid_outputs) < {"P3", "P4", "P5"}:
@@ -33,13 +43,15 @@ def build_detector(backbone, num_classes, head_convs=4, dtype=None):
             f"RetinaNet needs pyramid levels P3-P5; the backbone has "
             f"{sorted(backbone.pyramid_outputs)} (CIFAR models have no P5)."
         )
-    fpn = keras_hub.models.RetinaNetBackbone(
-        image_encoder=backbone, min_level=3, max_level=7, use_p5=False, dtype=dtype
-    )
+    fpn = necks.retinanet_backbone(backbone, neck, dtype=dtype)
     return keras_hub.models.RetinaNetObjectDetector(
         backbone=fpn,
         num_classes=num_classes,
         bounding_box_format="xyxy",
+        anchor_generator=anchors.StrideAnchorGenerator(
+            "xyxy", min_level=fpn.min_level, max_level=fpn.max_level, num_scales=3,
+            aspect_ratios=[0.5, 1.0, 2.0], anchor_size=4,
+        ),
         pre_logits_num_conv_layers=head_convs,
         dtype=dtype,
         prediction_decoder=prediction_decoder(),
@@ -47,17 +59,14 @@ def build_detector(backbone, num_classes, head_convs=4, dtype=None):
 
 
 def prediction_decoder(score_threshold=0.05, iou_threshold=0.5, max_detections=100):
-    """keras-hub's NMS with the thresholds RetinaNet is evaluated at (mmdet's
-    test config): scores from 0.05 (keras-hub's default of 0.5 would cut most
-    of the precision-recall curve that AP integrates), IoU 0.5, 100 boxes
-    per image. keras-hub's NMS keeps each anchor's best class only and
-    suppresses across classes, where mmdet's is per class: a small
-    difference on COCO, where objects of different classes overlap."""
-    return keras_hub.layers.NonMaxSuppression(
+    """Class-wise NMS (`nms.MultiClassNMS`, mmdet's `multiclass_nms`) at the
+    thresholds RetinaNet is evaluated at (mmdet's test config): scores above
+    0.05, IoU 0.5 within a class, the 100 best (box, class) pairs per image."""
+    return nms.MultiClassNMS(
         bounding_box_format="xyxy",
         from_logits=True,
         iou_threshold=iou_threshold,
-        confidence_threshold=score_threshold,
+        score_threshold=score_threshold,
         max_detections=max_detections,
     )
 
@@ -176,7 +185,7 @@ def detect(detector, batches, categories):
     mapped back to the original image sizes, labels to category ids."""
     category_ids = np.array([c.id for c in categories])
 
-    @tf.function
+    @tf.function(reduce_retracing=True)  # batches differ in size
     def predict(images):
         return detector.decode_predictions(detector(images, training=False), images)
 

@@ -58,8 +58,11 @@ QUICK = Recipe(
 
 # Detection's 1x schedule (mmdet's `schedule_1x`, RetinaNet): SGD 0.9,
 # coupled weight decay 1e-4, LR 0.01 at 16 images, 500 steps of linear
-# warm-up from 0.001 x, 12 epochs with LR / 10 at epochs 8 and 11 (scaled
-# with the epochs: `schedules.scaled_milestones`), gradients clipped to 35.
+# warm-up from 1/3 x (the PSConv authors' configs/psconv/*_1x.py: warmup
+# 'linear', warmup_iters=500, warmup_ratio=1.0 / 3; mmcv's linear warm-up is
+# ratio + (1 - ratio) * i / 500), 12 epochs with LR / 10 at epochs 8 and 11
+# (scaled with the epochs: `schedules.scaled_milestones`), gradients clipped
+# to 35.
 COCO_1X = Recipe(
     epochs=12,
     batch_size=16,
@@ -70,7 +73,7 @@ COCO_1X = Recipe(
     schedule="step",
     decay_epochs=(8, 11),
     warmup_steps=500,
-    warmup_ratio=0.001,
+    warmup_ratio=1.0 / 3.0,
     clip_norm=35.0,
 )
 
