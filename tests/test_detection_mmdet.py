@@ -180,3 +180,30 @@ def test_psconv_neck_has_the_paper_pattern_in_the_fpn_3x3_convs(tmp_path):
     np.testing.assert_array_equal(loaded(x)["cls_logits"], detector(x)["cls_logits"])
     with pytest.raises(ValueError, match="neck"):
         retinanet.build_detector(hub.PSResNetBackbone(**TINY), num_classes=3, neck="dilated")
+
+
+def test_the_neck_flag_reaches_the_detector(monkeypatch):
+    import training_helpers
+    from psconv_tf.detection import task
+
+    coco = training_helpers.load_script("coco")
+    args = coco.build_parser().parse_args(["--neck", "psconv"])
+    assert coco._extras(args)["neck"] == "psconv"
+    assert coco.build_parser().parse_args([]).neck == "standard"
+    with pytest.raises(SystemExit):
+        coco.build_parser().parse_args(["--neck", "dilated"])
+    built = {}
+
+    def spy(backbone, num_classes, head_convs=4, dtype=None, neck="standard"):
+        built["neck"] = neck
+        raise RuntimeError("built")
+
+    monkeypatch.setattr(retinanet, "build_detector", spy)
+    config = type("Config", (), dict(model="resnet18", model_kwargs={}, num_classes=3,
+                                     extras={"neck": "psconv"}))()
+    with pytest.raises(RuntimeError, match="built"):
+        task.build_detector(config)
+    assert built == {"neck": "psconv"}
+    # A config of a run that predates the flag: the standard neck.
+    older = type("Config", (), dict(extras={"head_convs": 1}))()
+    assert task.detector_settings(older)["neck"] == "standard"

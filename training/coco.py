@@ -76,6 +76,9 @@ def build_parser():
                        help="fixed BatchNorm statistics (scales and offsets train); default on")
     model.add_argument("--head-convs", type=cli.positive_int, default=4,
                        help="3x3 convs of each RetinaNet head before its output; default 4")
+    model.add_argument("--neck", default="standard", choices=("standard", "psconv"),
+                       help="the FPN's 3x3 output convs: standard (the paper's tables) or "
+                            "PSConv (its footnote 4); default standard")
     recipe = parser.add_argument_group("recipe (the 1x schedule)")
     cli.add_recipe_arguments(recipe, configs.COCO_1X,
                              default_decay="8,11 of 12 epochs, scaled with --epochs")
@@ -114,7 +117,7 @@ def _extras(args):
     return dict(min_size=args.min_size, max_size=args.max_size, flip=args.flip,
                 frozen_stages=args.frozen_stages, norm_eval=args.norm_eval,
                 head_convs=args.head_convs, backbone_weights=args.backbone_weights,
-                masked=args.masked)
+                masked=args.masked, neck=args.neck)
 
 
 def main(argv=None):

@@ -29,7 +29,8 @@ from psconv_tf.training.trainer import Trainer
 COCO_TRAIN_IMAGES = 117266  # TFDS coco/2017 train, for steps per epoch
 # The detector's settings, in `RunConfig.extras`, and their defaults.
 DETECTOR_DEFAULTS = dict(min_size=800, max_size=1333, flip=True, frozen_stages=1,
-                         norm_eval=True, head_convs=4, backbone_weights=None, masked="error")
+                         norm_eval=True, head_convs=4, backbone_weights=None, masked="error",
+                         neck="standard")
 
 # A detection run folder: the files of a classification one (`run_config`).
 # ("coco detection" named the folders of the earlier release's `fit`, with
@@ -126,7 +127,8 @@ def build_detector(config):
     if settings["backbone_weights"]:
         retinanet.load_backbone_weights(backbone, settings["backbone_weights"],
                                         settings["masked"])
-    detector = retinanet.build_detector(backbone, config.num_classes, settings["head_convs"])
+    detector = retinanet.build_detector(backbone, config.num_classes, settings["head_convs"],
+                                        neck=settings["neck"])
     # The losses of `compute_loss` (focal and Huber); the Trainer optimizes.
     detector.compile(optimizer="sgd")
     return detector
