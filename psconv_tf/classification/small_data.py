@@ -2,8 +2,10 @@
 
 Local files come first: CIFAR's python batches (read by an unpickler that
 accepts plain data only, so a planted file runs no code) or Fashion-MNIST's
-IDX files; else TFDS. The pipeline pads, crops, flips and standardizes as
-ResNet and ResNeXt's CIFAR recipes do.
+IDX files; else TFDS. The pipeline standardizes, then zero-pads, crops and
+flips, as the ResNeXt CIFAR reference code does (its ColorNormalize comes
+before its RandomCrop's zero padding): the padded border is 0 after
+standardization, the training set's mean colour, not black.
 """
 
 import dataclasses
@@ -251,10 +253,11 @@ def _checked(name, splits, data_dir=None):
 def small_image_input(images, labels, mean, stddev, training, global_batch_size, pad=4):
     """A `dataset_fn(input_context)` of standardized small-image batches.
 
-    Training pads every image with `pad` zero pixels on each side, takes a
-    random crop of the original size and flips it at random, then
-    standardizes it (ResNet and ResNeXt's CIFAR augmentation); evaluation
-    only standardizes.
+    Every image is standardized first. Training then pads it with `pad`
+    zeros on each side, takes a random crop of the original size and flips
+    it at random (ResNeXt's CIFAR reference: normalize, then pad and crop),
+    so the border a crop shows is the mean colour (0 once standardized);
+    evaluation only standardizes.
 
     Args:
         images: uint8 array [n, height, width, channels].
@@ -263,18 +266,18 @@ def small_image_input(images, labels, mean, stddev, training, global_batch_size,
         training: augment, shuffle and repeat when True; one pass in order
             when False.
         global_batch_size: batch of all replicas together.
-        pad: zero padding of the random crop.
+        pad: zero padding (in standardized units) of the random crop.
     """
     mean = tf.constant(mean, tf.float32)
     stddev = tf.constant(stddev, tf.float32)
     shape = images.shape[1:]
 
     def preprocess(image, label):
-        image = tf.cast(image, tf.float32)
+        image = statistics.normalize(tf.cast(image, tf.float32), mean, stddev)
         if training:
             padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
             image = tf.image.random_flip_left_right(tf.image.random_crop(padded, shape))
-        return statistics.normalize(image, mean, stddev), label
+        return image, label
 
     def dataset_fn(input_context):
         examples = tf.data.Dataset.from_tensor_slices(
