@@ -32,14 +32,13 @@ import argparse
 import dataclasses
 import os
 
-import numpy as np
-
 from psconv_tf.runtime import files
 from psconv_tf.classification import runs
 from psconv_tf.training import cli
 from psconv_tf.training import configs
 from psconv_tf.runtime import ownership
 from psconv_tf.runtime import run_config
+from psconv_tf.runtime import statistics
 from psconv_tf.classification import small_data
 from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import writing
@@ -77,11 +76,6 @@ def build_parser():
     return parser
 
 
-def mean_and_std(values):
-    """Mean and sample standard deviation (0 for one value)."""
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
 def main(argv=None):
     args = cli.parse_args(build_parser(), argv, SCRIPT)
     if args.seed + args.seeds - 1 > cli.MAX_SEED:
@@ -116,7 +110,7 @@ def main(argv=None):
             errors["best"].append(100 * (1 - metrics["best"]["val_top1"]))
         summary = {"model": args.model, "dataset": args.dataset, "seeds": seeds}
         for kind, values in errors.items():
-            mean, std = mean_and_std(values)
+            mean, std = statistics.mean_and_std(values)
             summary[f"{kind}_top1_error_percent"] = {"values": values, "mean": mean, "std": std}
         path = os.path.join(output_dir, SUMMARY_FILE)
         with writing(path):

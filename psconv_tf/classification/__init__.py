@@ -9,8 +9,10 @@ Modules, one job each:
   TFDS), their statistics and their pad-crop-flip pipeline;
 - `metrics`: loss, top-1 and top-5;
 - `runs`: training a zoo classifier from a `RunConfig` (ImageNet-style or
-  small images), steps per epoch.
+  small images), steps per epoch;
+- `ablations`: the rows of the paper's Tables 3-5 as networks, trained
+  through `runs` and printed beside the paper's figures.
 
-The package imports no module of its own on import: `runs` imports the
-trainer, which imports `metrics`.
+The package imports no module of its own on import: `runs` (and, through
+it, `ablations`) imports the trainer, which imports `metrics`.
 """

@@ -24,6 +24,8 @@ from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import describe_error
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Where Debian's package dataset-fashion-mnist puts the IDX files.
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 @dataclasses.dataclass(frozen=True)
 class SmallDatasetSpec:
@@ -319,7 +321,8 @@ class LoadedSmallDataset:
         return SMALL_DATASETS[self.name].image_shape
 
 
-def load_data(name, data_dir=None, train_examples=None, seed=0, download=True):
+def load_data(name, data_dir=None, train_examples=None, seed=0, download=True,
+              test_examples=None):
     """Loads a small-image data set, optionally a seeded training subset.
 
     Args:
@@ -329,6 +332,8 @@ def load_data(name, data_dir=None, train_examples=None, seed=0, download=True):
             `seed`; all when None. The statistics use the whole set.
         seed: seed of the subset.
         download: whether TFDS may download.
+        test_examples: evaluate on this many test images, drawn at random
+            with `seed`; all when None.
 
     Returns:
         `LoadedSmallDataset`.
@@ -343,11 +348,18 @@ def load_data(name, data_dir=None, train_examples=None, seed=0, download=True):
             f"every training image of {name} in {source} has the same value "
             f"({mean[flat[0]]:g}) in channel {flat[0]} (standard deviation 0): they cannot "
             "be standardized. Check the files.", argument="data_dir")
-    if train_examples is not None:
-        if not 0 < train_examples <= len(images):
-            raise InputError(f"must be in [1, {len(images)}]; got {train_examples}.",
-                             argument="train_examples")
-        subset = np.random.default_rng(seed).permutation(len(images))[:train_examples]
-        images, labels = images[subset], labels[subset]
-    return LoadedSmallDataset(name, (images, labels), splits["test"],
+    train = _subset((images, labels), train_examples, seed, "train_examples")
+    test = _subset(splits["test"], test_examples, seed, "test_examples")
+    return LoadedSmallDataset(name, train, test,
                      tuple(mean.tolist()), tuple(stddev.tolist()))
+
+
+def _subset(split, count, seed, argument):
+    """A seeded random subset of `count` examples of (images, labels)."""
+    images, labels = split
+    if count is None:
+        return split
+    if not 0 < count <= len(images):
+        raise InputError(f"must be in [1, {len(images)}]; got {count}.", argument=argument)
+    subset = np.random.default_rng(seed).permutation(len(images))[:count]
+    return images[subset], labels[subset]
