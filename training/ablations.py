@@ -100,7 +100,9 @@ def _runner(args, recipe, strategy, options):
             raise InputError("is required for imagenet.", argument="data_dir")
         train_source, val_source = runs.open_image_sources(args.data_dir)
         dataset = "imagenet2012" if train_source.class_names is None else args.data_dir
-        return "ImageNet", ablations.imagenet_runner(
+        description = (f"{dataset}, {train_source.num_examples} training and "
+                       f"{val_source.num_examples} validation images")
+        return description, ablations.imagenet_runner(
             train_source, val_source, args.image_size, dataset, recipe, strategy, options,
             SCRIPT, arguments, args.steps_per_epoch), train_source.num_examples
     data_dir = args.data_dir
@@ -141,9 +143,10 @@ def main(argv=None):
     with ownership.claim(output_dir, KIND, folders, args.force_run_dir,
                          chief_path=run_dir) as claim:
         claim.remove_temporaries()
-        errors = ablations.train_networks(networks, seeds, run_dir, runner.train_one,
-                                          skip=reasons, verbose=args.verbose)
-        budget = (f"{description}; {args.model} and its standard twin; {recipe.epochs} "
+        errors, seconds = ablations.train_networks(
+            networks, seeds, run_dir, runner.train_one, skip=reasons, verbose=args.verbose)
+        twin = " and its standard twin" * any(not n.model_kwargs for n in networks)
+        budget = (f"{description}; {args.model}{twin}; {recipe.epochs} "
                   f"epoch{'s' * (recipe.epochs != 1)} at batch {recipe.batch_size} "
                   f"({recipe.schedule} schedule); seeds {', '.join(map(str, seeds))}")
         summary = {
@@ -153,6 +156,7 @@ def main(argv=None):
                       "paper_top1_error": row.paper_error,
                       "top1_errors": errors.get(row.run_name),
                       "not_built": reasons.get(row.run_name)} for row in rows],
+            "run_seconds": round(seconds, 1),
             "wall_seconds": round(time.time() - started, 1),
         }
         path = os.path.join(output_dir, RESULTS_FILE)
@@ -160,14 +164,15 @@ def main(argv=None):
             files.write_json(path, summary)
     measured = f"measured: best top-1 err. (%){', mean ± std' * (len(seeds) > 1)}"
     tables = ablations.format_tables(rows, errors, reasons, measured)
-    print(f"\n{budget}:\n\n{tables}\nTotal wall time {summary['wall_seconds']:.0f} s; "
-          f"results in {path}")
+    print(f"\n{budget}:\n\n{tables}\nTotal wall time {summary['wall_seconds']:.0f} s "
+          f"(the runs trained and evaluated for {seconds:.0f} s); results in {path}")
     if args.write_docs:
         command = "python training/ablations.py " + " ".join(
             arg for arg in (argv if argv is not None else sys.argv[1:])
             if not arg.startswith("--write-docs"))
         body = (f"`{command.strip()}`\n\n{budget}; {os.cpu_count()} CPU cores "
-                f"({platform.machine()}), {summary['wall_seconds']:.0f} s in all:\n\n{tables}")
+                f"({platform.machine()}), {seconds:.0f} s of training and evaluation "
+                f"in all:\n\n{tables}")
         doc_sections.write_section(args.write_docs, DOCS_SECTION, body)
         print(f"wrote the tables to {args.write_docs}")
     return summary

@@ -173,8 +173,7 @@ def unbuildable(network_list, config_for):
 
 
 def train_networks(network_list, seeds, run_dir, train_one, skip=(), verbose=1):
-    """Trains every (network, seed) not in `skip`; returns {run name: [best
-    top-1 error (%) of each seed]}.
+    """Trains every (network, seed) not in `skip`.
 
     Args:
         network_list: `Network`s.
@@ -183,8 +182,13 @@ def train_networks(network_list, seeds, run_dir, train_one, skip=(), verbose=1):
         train_one: `fn(network, seed, run_folder)` -> the trainer's metrics.
         skip: run names not to train.
         verbose: print a line per run when > 0.
+
+    Returns:
+        ({run name: [best top-1 error (%) of each seed]}, the seconds the
+        runs trained and evaluated, by their own clocks, so that a rerun
+        that trains nothing reports what the runs took).
     """
-    errors = {}
+    errors, seconds = {}, 0.0
     todo = [network for network in network_list if network.run_name not in skip]
     for number, network in enumerate(todo, 1):
         errors[network.run_name] = []
@@ -195,7 +199,8 @@ def train_networks(network_list, seeds, run_dir, train_one, skip=(), verbose=1):
                       f"{network.model_kwargs or ''} in {folder}", flush=True)
             metrics = train_one(network, seed, folder)
             errors[network.run_name].append(100 * (1 - metrics["best"]["val_top1"]))
-    return errors
+            seconds += metrics["seconds"]
+    return errors, seconds
 
 
 def _measured(values, reason):
