@@ -94,7 +94,9 @@ def build_parser():
 
 
 def _runner(args, recipe, strategy, options):
-    arguments = cli.replay_arguments(args)
+    # Where the tables go is no setting of the runs.
+    arguments = {name: value for name, value in cli.replay_arguments(args).items()
+                 if name != "write_docs"}
     if args.dataset == "imagenet":
         if args.data_dir is None:
             raise InputError("is required for imagenet.", argument="data_dir")
