@@ -15,10 +15,11 @@ temporary name and renamed, so a killed run never leaves half a page.
 import datetime
 import os
 import platform
-import re
 import sys
 
 import keras
+
+from psconv_tf.runtime import doc_sections
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                     "docs", "benchmarks.md")
@@ -34,12 +35,13 @@ def add_argument(parser):
 
 def markers(name):
     """The opening and closing marker lines of section `name`."""
-    return f"<!-- benchmark:{name} -->", f"<!-- /benchmark:{name} -->"
+    return doc_sections.markers(name)
 
 
 def replace_section(text, name, body):
     """`text` with the lines between section `name`'s markers replaced by
-    `body`; ValueError unless each marker occurs once, opening first.
+    `body`; ValueError unless each marker occurs once, opening first
+    (`psconv_tf.runtime.doc_sections.replace_section`).
 
     >>> page = "a\\n<!-- benchmark:x -->\\nold\\n<!-- /benchmark:x -->\\nb\\n"
     >>> print(replace_section(page, "x", "new"), end="")
@@ -49,13 +51,7 @@ def replace_section(text, name, body):
     <!-- /benchmark:x -->
     b
     """
-    opening, closing = markers(name)
-    starts = [m.end() for m in re.finditer(f"^{re.escape(opening)}$", text, re.MULTILINE)]
-    ends = [m.start() for m in re.finditer(f"^{re.escape(closing)}$", text, re.MULTILINE)]
-    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
-        raise ValueError(f"the page must hold the markers {opening} and {closing} once "
-                         "each, in this order")
-    return text[:starts[0]] + "\n" + body.strip("\n") + "\n" + text[ends[0]:]
+    return doc_sections.replace_section(text, name, body)
 
 
 def describe(module):
@@ -71,11 +67,5 @@ def describe(module):
 
 def write_section(name, body, path=DOCS):
     """Replaces section `name` of the page at `path` with `body`, atomically."""
-    # TensorFlow (for the atomic write) only when writing: the benchmarks
-    # themselves run on every Keras backend.
-    from psconv_tf.runtime import files
-
-    with open(path, encoding="utf-8") as file:
-        text = replace_section(file.read(), name, body)
-    files.write_bytes(path, text.encode("utf-8"))
+    doc_sections.write_section(path, name, body)
     print(f"wrote the table to {path} ({markers(name)[0]})")

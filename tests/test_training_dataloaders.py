@@ -275,15 +275,15 @@ def test_small_images_pad_crop_flip_and_standardize():
     shifts, flips = set(), set()
     for batch, batch_labels in train_fn(tf.distribute.InputContext()).take(4):
         for output, label in zip(batch.numpy(), batch_labels.numpy()):
-            pixels = output * stddev + mean
-            padded = np.pad(images[label].astype(np.float64), [(4, 4), (4, 4), (0, 0)])
+            standardized = (images[label] - np.array(mean)) / np.array(stddev)
+            padded = np.pad(standardized, [(4, 4), (4, 4), (0, 0)])
             matches = [
                 (dy, dx, flip)
                 for dy in range(9) for dx in range(9) for flip in (False, True)
-                if np.allclose(pixels, (lambda crop: crop[:, ::-1] if flip else crop)(
+                if np.allclose(output, (lambda crop: crop[:, ::-1] if flip else crop)(
                     padded[dy : dy + 32, dx : dx + 32]), atol=1e-4)
             ]
-            assert len(matches) == 1, "not a crop of the zero-padded image"
+            assert len(matches) == 1, "not a crop of the standardized, zero-padded image"
             shifts.add(matches[0][:2])
             flips.add(matches[0][2])
     assert len(shifts) > 3 and flips == {False, True}
@@ -292,6 +292,18 @@ def test_small_images_pad_crop_flip_and_standardize():
     )
     np.testing.assert_array_equal(eval_labels, labels)
     np.testing.assert_allclose(eval_images, (images - np.array(mean)) / np.array(stddev), rtol=1e-6)
+
+
+def test_small_images_pad_with_the_mean_colour():
+    # ResNeXt's CIFAR code standardizes, then zero-pads: a crop's border is 0 in
+    # standardized units (the mean colour), here an 8 x 8 image of value 200 with
+    # mean 100 and standard deviation 50 is 2.0 inside and 0.0 on the border
+    # (padding before standardizing would give (0 - 100) / 50 = -2.0).
+    images = np.full((1, 8, 8, 1), 200, np.uint8)
+    train_fn = small_data.small_image_input(images, np.zeros(1), (100.0,), (50.0,), True, 1)
+    values = np.concatenate([batch.numpy().ravel() for batch, _ in
+                             train_fn(tf.distribute.InputContext()).take(20)])
+    assert set(np.unique(values)) == {0.0, 2.0}
 
 
 def test_local_cifar_and_fashion_mnist_files(tmp_path):

@@ -76,12 +76,31 @@ def test_cosine_schedule_is_a_half_cosine_after_warmup(warmup_epochs):
 
 
 def test_step_schedule_drops_on_the_first_step_of_each_decay_epoch():
+    # ResNeXt's CIFAR rule for 300 epochs: /10 from 1-based epoch 148 (148/300 > 0.49,
+    # 147/300 is not), /100 from 1-based epoch 223 (223/300 > 0.74): 0-based 147, 222.
     steps_per_epoch = 10
     schedule = schedules.learning_rate_schedule(configs.CIFAR, steps_per_epoch)
-    steps = [0, 1499, 1500, 2249, 2250, 2999]
+    steps = [0, 1469, 1470, 2219, 2220, 2999]
     np.testing.assert_allclose(
         _schedule_values(schedule, steps), [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6
     )
+
+
+@pytest.mark.parametrize("epochs, drops", [
+    (300, (147, 222)), (100, (49, 74)), (10, (4, 7)), (4, (1, 2)), (2, (1,)), (1, ()),
+])
+def test_cifar_drops_follow_the_reference_fractions(epochs, drops):
+    # Hand-worked from train.lua's `epoch/nEpochs > 0.49` and `> 0.74` (1-based epochs):
+    # 10 epochs: 5/10 > 0.49 and 8/10 > 0.74, so 0-based epochs 4 and 7 (not 5 and 7).
+    assert configs.cifar_decay_epochs(epochs) == drops
+
+
+def test_shortened_cifar_schedule_drops_where_the_reference_does():
+    recipe = dataclasses.replace(configs.CIFAR, epochs=10,
+                                 decay_epochs=configs.cifar_decay_epochs(10))
+    schedule = schedules.learning_rate_schedule(recipe, steps_per_epoch=3)
+    np.testing.assert_allclose(_schedule_values(schedule, [11, 12, 20, 21]),
+                               [0.1, 0.01, 0.01, 0.001], rtol=1e-6)
 
 
 @pytest.mark.parametrize("base, changes, message", [

@@ -2,10 +2,11 @@
 
 The original ResNeXt CIFAR recipe, which the paper follows: SGD with
 Nesterov momentum 0.9 and weight decay 5e-4 (coupled L2, as PyTorch), batch
-128, learning rate 0.1 divided by 10 at epochs 150 and 225 of 300; zero
-padding of 4 pixels, a random crop of the original size and a random
-horizontal flip, then per-channel standardization with the training set's
-mean and standard deviation. `--seeds N` trains N seeds and prints the mean
+128, learning rate 0.1 divided by 10 when epoch / 300 passes 0.49 and 0.74
+(from epochs 147 and 222, 0-based, as the reference code's rule); per-channel
+standardization with the training set's mean and standard deviation, then
+zero padding of 4 pixels (the mean colour once standardized), a random crop
+of the original size and a random horizontal flip. `--seeds N` trains N seeds and prints the mean
 and standard deviation of the top-1 test error, both of the final epoch and
 of the best epoch (the reference code's figure), as the paper's Table 6.
 
@@ -31,14 +32,13 @@ import argparse
 import dataclasses
 import os
 
-import numpy as np
-
 from psconv_tf.runtime import files
 from psconv_tf.classification import runs
 from psconv_tf.training import cli
 from psconv_tf.training import configs
 from psconv_tf.runtime import ownership
 from psconv_tf.runtime import run_config
+from psconv_tf.runtime import statistics
 from psconv_tf.classification import small_data
 from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import writing
@@ -70,18 +70,10 @@ def build_parser():
                         help="train this many seeds, --seed, --seed + 1, ...; default 1")
     cli.add_model_arguments(parser, "ps_resnext29_8x64d")
     cli.add_recipe_arguments(parser, configs.CIFAR,
-                             default_decay="at 50%% and 75%% of --epochs (150,225 of 300)")
+                             default_decay="when epoch / --epochs passes 0.49 and 0.74, as "
+                                           "ResNeXt's CIFAR code (147,222 of 300)")
     cli.add_runtime_arguments(parser, "runs/<dataset>_<model>")
     return parser
-
-
-def _decay_epochs(epochs):
-    return sorted({epoch for epoch in (epochs // 2, epochs * 3 // 4) if epoch > 0})
-
-
-def mean_and_std(values):
-    """Mean and sample standard deviation (0 for one value)."""
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def main(argv=None):
@@ -90,7 +82,7 @@ def main(argv=None):
         raise InputError(f"--seed {args.seed} with {args.seeds} seeds passes {cli.MAX_SEED}.",
                          argument="seeds")
     model_kwargs = cli.model_kwargs_from_args(args)
-    recipe = cli.recipe_from_args(configs.CIFAR, args, _decay_epochs)
+    recipe = cli.recipe_from_args(configs.CIFAR, args, configs.cifar_decay_epochs)
     run_dir = args.run_dir or os.path.join("runs", f"{args.dataset}_{args.model}")
     strategy, options = cli.runtime_from_args(args, run_dir)
     seeds = list(range(args.seed, args.seed + args.seeds))
@@ -118,7 +110,7 @@ def main(argv=None):
             errors["best"].append(100 * (1 - metrics["best"]["val_top1"]))
         summary = {"model": args.model, "dataset": args.dataset, "seeds": seeds}
         for kind, values in errors.items():
-            mean, std = mean_and_std(values)
+            mean, std = statistics.mean_and_std(values)
             summary[f"{kind}_top1_error_percent"] = {"values": values, "mean": mean, "std": std}
         path = os.path.join(output_dir, SUMMARY_FILE)
         with writing(path):

@@ -52,7 +52,6 @@ from psconv_tf.classification import image_data
 from psconv_tf.runtime import ownership
 from psconv_tf.runtime import run_config
 from psconv_tf.runtime.errors import InputError
-from psconv_tf.runtime.run_config import RunConfig
 from psconv_tf.training.run_log import summary_line
 
 SCRIPT = "imagenet"
@@ -130,26 +129,10 @@ def main(argv=None):
     if args.check_images:
         sources = _check_images(sources)
     train_source, val_source = sources
-    config = RunConfig(
-        model=args.model,
-        model_kwargs=model_kwargs,
-        num_classes=train_source.num_classes,
-        image_size=args.image_size,
-        channels=3,
-        recipe=recipe,
-        dataset=args.dataset if train_source.class_names is None else args.data_dir,
-        preprocessing=runs.imagenet_preprocessing(args.image_size),
-        class_names=tuple(train_source.class_names or ()),
-        train_examples=train_source.num_examples,
-        steps_per_epoch=runs.steps_per_epoch(
-            train_source.num_examples, recipe.batch_size, args.steps_per_epoch),
-        seed=args.seed,
-        precision=options.precision,
-        jit_compile=options.jit_compile,
-        replicas=strategy.num_replicas_in_sync,
-        script=SCRIPT,
-        arguments=cli.replay_arguments(args),
-    )
+    config = runs.imagenet_config(
+        args.model, model_kwargs, train_source, args.image_size, recipe,
+        args.dataset if train_source.class_names is None else args.data_dir, args.seed,
+        strategy, options, SCRIPT, cli.replay_arguments(args), args.steps_per_epoch)
     metrics = runs.train_imagenet(config, strategy, options, train_source, val_source)
     print(summary_line(metrics, run_dir))
     return metrics

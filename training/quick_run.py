@@ -40,7 +40,7 @@ from psconv_tf.runtime.errors import writing
 from psconv_tf.runtime.strategy import worker_output_dir
 
 SCRIPT = "quick_run"
-DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+DEBIAN_FASHION_MNIST = small_data.DEBIAN_FASHION_MNIST
 RESULTS_FILE = "quick_run.json"
 # RUN_DIR: a folder of the models' run folders and the comparison.
 KIND = ownership.Kind("quick run", entries=(RESULTS_FILE, run_config.WORKERS_DIR),

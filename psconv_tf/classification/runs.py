@@ -110,6 +110,44 @@ def steps_per_epoch(train_examples, batch_size, fixed=None):
     return train_examples // batch_size
 
 
+def imagenet_config(model, model_kwargs, train_source, image_size, recipe, dataset, seed,
+                    strategy, options, script, arguments, fixed_steps_per_epoch=None):
+    """The `RunConfig` of a run on ImageNet-style sources.
+
+    Args:
+        model, model_kwargs: zoo name and extra arguments (pattern, cyclic).
+        train_source: the training `image_data.ImageSource`.
+        image_size: side of the training and evaluation crops.
+        recipe: `configs.Recipe`.
+        dataset: the TFDS name; class folders are named by `data_dir`.
+        seed: seed of the initialization and augmentation.
+        strategy, options: where and how it runs.
+        script, arguments: the command and its arguments, for replays.
+        fixed_steps_per_epoch: steps per epoch, else the training images //
+            batch size.
+    """
+    return RunConfig(
+        model=model,
+        model_kwargs=model_kwargs,
+        num_classes=train_source.num_classes,
+        image_size=image_size,
+        channels=3,
+        recipe=recipe,
+        dataset=dataset,
+        preprocessing=imagenet_preprocessing(image_size),
+        class_names=tuple(train_source.class_names or ()),
+        train_examples=train_source.num_examples,
+        steps_per_epoch=steps_per_epoch(
+            train_source.num_examples, recipe.batch_size, fixed_steps_per_epoch),
+        seed=seed,
+        precision=options.precision,
+        jit_compile=options.jit_compile,
+        replicas=strategy.num_replicas_in_sync,
+        script=script,
+        arguments=arguments,
+    )
+
+
 def train_imagenet(config, strategy, options, train_source, val_source, callbacks=()):
     """Trains on ImageNet-style sources; undecodable images are skipped.
 

@@ -2,8 +2,10 @@
 
 Local files come first: CIFAR's python batches (read by an unpickler that
 accepts plain data only, so a planted file runs no code) or Fashion-MNIST's
-IDX files; else TFDS. The pipeline pads, crops, flips and standardizes as
-ResNet and ResNeXt's CIFAR recipes do.
+IDX files; else TFDS. The pipeline standardizes, then zero-pads, crops and
+flips, as the ResNeXt CIFAR reference code does (its ColorNormalize comes
+before its RandomCrop's zero padding): the padded border is 0 after
+standardization, the training set's mean colour, not black.
 """
 
 import dataclasses
@@ -22,6 +24,8 @@ from psconv_tf.runtime.errors import InputError
 from psconv_tf.runtime.errors import describe_error
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Where Debian's package dataset-fashion-mnist puts the IDX files.
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 @dataclasses.dataclass(frozen=True)
 class SmallDatasetSpec:
@@ -251,10 +255,11 @@ def _checked(name, splits, data_dir=None):
 def small_image_input(images, labels, mean, stddev, training, global_batch_size, pad=4):
     """A `dataset_fn(input_context)` of standardized small-image batches.
 
-    Training pads every image with `pad` zero pixels on each side, takes a
-    random crop of the original size and flips it at random, then
-    standardizes it (ResNet and ResNeXt's CIFAR augmentation); evaluation
-    only standardizes.
+    Every image is standardized first. Training then pads it with `pad`
+    zeros on each side, takes a random crop of the original size and flips
+    it at random (ResNeXt's CIFAR reference: normalize, then pad and crop),
+    so the border a crop shows is the mean colour (0 once standardized);
+    evaluation only standardizes.
 
     Args:
         images: uint8 array [n, height, width, channels].
@@ -263,18 +268,18 @@ def small_image_input(images, labels, mean, stddev, training, global_batch_size,
         training: augment, shuffle and repeat when True; one pass in order
             when False.
         global_batch_size: batch of all replicas together.
-        pad: zero padding of the random crop.
+        pad: zero padding (in standardized units) of the random crop.
     """
     mean = tf.constant(mean, tf.float32)
     stddev = tf.constant(stddev, tf.float32)
     shape = images.shape[1:]
 
     def preprocess(image, label):
-        image = tf.cast(image, tf.float32)
+        image = statistics.normalize(tf.cast(image, tf.float32), mean, stddev)
         if training:
             padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
             image = tf.image.random_flip_left_right(tf.image.random_crop(padded, shape))
-        return statistics.normalize(image, mean, stddev), label
+        return image, label
 
     def dataset_fn(input_context):
         examples = tf.data.Dataset.from_tensor_slices(
@@ -316,7 +321,8 @@ class LoadedSmallDataset:
         return SMALL_DATASETS[self.name].image_shape
 
 
-def load_data(name, data_dir=None, train_examples=None, seed=0, download=True):
+def load_data(name, data_dir=None, train_examples=None, seed=0, download=True,
+              test_examples=None):
     """Loads a small-image data set, optionally a seeded training subset.
 
     Args:
@@ -326,6 +332,8 @@ def load_data(name, data_dir=None, train_examples=None, seed=0, download=True):
             `seed`; all when None. The statistics use the whole set.
         seed: seed of the subset.
         download: whether TFDS may download.
+        test_examples: evaluate on this many test images, drawn at random
+            with `seed`; all when None.
 
     Returns:
         `LoadedSmallDataset`.
@@ -340,11 +348,18 @@ def load_data(name, data_dir=None, train_examples=None, seed=0, download=True):
             f"every training image of {name} in {source} has the same value "
             f"({mean[flat[0]]:g}) in channel {flat[0]} (standard deviation 0): they cannot "
             "be standardized. Check the files.", argument="data_dir")
-    if train_examples is not None:
-        if not 0 < train_examples <= len(images):
-            raise InputError(f"must be in [1, {len(images)}]; got {train_examples}.",
-                             argument="train_examples")
-        subset = np.random.default_rng(seed).permutation(len(images))[:train_examples]
-        images, labels = images[subset], labels[subset]
-    return LoadedSmallDataset(name, (images, labels), splits["test"],
+    train = _subset((images, labels), train_examples, seed, "train_examples")
+    test = _subset(splits["test"], test_examples, seed, "test_examples")
+    return LoadedSmallDataset(name, train, test,
                      tuple(mean.tolist()), tuple(stddev.tolist()))
+
+
+def _subset(split, count, seed, argument):
+    """A seeded random subset of `count` examples of (images, labels)."""
+    images, labels = split
+    if count is None:
+        return split
+    if not 0 < count <= len(images):
+        raise InputError(f"must be in [1, {len(images)}]; got {count}.", argument=argument)
+    subset = np.random.default_rng(seed).permutation(len(images))[:count]
+    return images[subset], labels[subset]

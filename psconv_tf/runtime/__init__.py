@@ -1,10 +1,11 @@
 """What every task shares and none owns, one job per module.
 
 - `files`: atomic writes (a temporary name, then a rename);
+- `doc_sections`: measured tables written into the docs between markers;
 - `errors`: the neutral errors the library raises (`InputError`, ...);
 - `strategy`: the `tf.distribute` strategy, precision and XLA;
-- `statistics`: dataset statistics (ImageNet's) and the one normalisation,
-  (x - mean) / std;
+- `statistics`: dataset statistics (ImageNet's), the one normalisation,
+  (x - mean) / std, and the mean and spread of several runs' figures;
 - `images`: which files are images;
 - `recipe`: `Recipe`, the optimization settings of a run;
 - `run_config`: the run folder's files and its typed `config.json`

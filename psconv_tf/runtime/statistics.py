@@ -72,3 +72,10 @@ def channel_statistics(images):
     images = np.asarray(images)
     pixels = images.reshape(-1, images.shape[-1]).astype(np.float64)
     return pixels.mean(axis=0), pixels.std(axis=0)
+
+
+def mean_and_std(values):
+    """Mean and sample standard deviation (ddof 1; 0 for one value) of the
+    figures of several runs, e.g. the top-1 errors of several seeds."""
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return float(np.mean(values)), std

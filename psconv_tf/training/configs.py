@@ -25,9 +25,37 @@ IMAGENET = Recipe(
     schedule="cosine",
 )
 
+
+# ResNeXt's CIFAR reference (train.lua): the fractions of the epochs after
+# which the learning rate is divided by 10, then by 100.
+CIFAR_DECAY_FRACTIONS = (0.49, 0.74)
+
+
+def cifar_decay_epochs(epochs):
+    """The epochs where ResNeXt's CIFAR reference code divides the LR by 10.
+
+    Its rule, for the 1-based epoch n of N: the LR is divided by 10 once
+    n / N > 0.49 and by 100 once n / N > 0.74. In this package's 0-based
+    epochs (a drop at epoch e takes effect from e's first step) that is the
+    first e with (e + 1) / N above each threshold: epochs 147 and 222 of
+    300, not 150 and 225. A drop the rule puts at epoch 0 (N <= 2) is left
+    out: the run starts at the peak.
+
+    >>> cifar_decay_epochs(300)
+    (147, 222)
+    """
+    drops = []
+    for threshold in CIFAR_DECAY_FRACTIONS:
+        first = next(e for e in range(epochs) if (e + 1) / epochs > threshold)
+        if first > 0 and first not in drops:
+            drops.append(first)
+    return tuple(drops)
+
+
 # §4.2 follows the original ResNeXt CIFAR recipe (Xie et al. 2017, whose code
 # uses Nesterov momentum): batch 128, LR 0.1, weight decay 5e-4, 300 epochs,
-# LR / 10 at epochs 150 and 225.
+# LR / 10 when epoch / 300 passes 0.49 and 0.74 (from epochs 147 and 222,
+# 0-based).
 CIFAR = Recipe(
     epochs=300,
     batch_size=128,
@@ -37,7 +65,7 @@ CIFAR = Recipe(
     nesterov=True,
     weight_decay=5e-4,
     schedule="step",
-    decay_epochs=(150, 225),
+    decay_epochs=cifar_decay_epochs(300),
 )
 
 # The quick run: the CIFAR recipe cut to one epoch on a subset, with a warm-up

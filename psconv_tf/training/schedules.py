@@ -27,7 +27,7 @@ def learning_rate_schedule(recipe, steps_per_epoch):
 
     >>> from psconv_tf.training import configs
     >>> schedule = learning_rate_schedule(configs.CIFAR, steps_per_epoch=10)
-    >>> [round(float(schedule(step)), 4) for step in (1499, 1500, 2250)]
+    >>> [round(float(schedule(step)), 4) for step in (1469, 1470, 2220)]
     [0.1, 0.01, 0.001]
     """
     peak = recipe.scaled_learning_rate
