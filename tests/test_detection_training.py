@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import training_helpers
+from training_helpers import one_line_error
 from psconv_tf.detection import synthetic
 from psconv_tf.training import cli
 from psconv_tf.training import configs
@@ -47,13 +48,6 @@ def _args(shapes, run_dir, *extra):
         "--verbose", 0, "--run-dir", run_dir, *extra)]
 
 
-def _message(main, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(main, argv)
-    message = str(exit_info.value.code)
-    assert "\n" not in message and "Traceback" not in message
-    return message
-
 
 @pytest.fixture(scope="module")
 def finished(shapes, tmp_path_factory):
@@ -68,7 +62,7 @@ def test_a_rerun_with_other_settings_is_refused_naming_them(finished):
     args, run_dir = finished
     before = {name: (run_dir / name).read_bytes()
               for name in ("best.keras", "metrics.json", "config.json")}
-    message = _message(coco.main, args + ["--batch-size", "1", "--head-convs", "2"])
+    message = one_line_error(coco.main, args + ["--batch-size", "1", "--head-convs", "2"])
     assert message.startswith(f"error: --run-dir: {run_dir} holds a run with other settings "
                               "(stored -> given): "), message
     assert "recipe.batch_size: 2 -> 1" in message and "extras.head_convs: 1 -> 2" in message
@@ -93,7 +87,7 @@ def test_config_replays_the_run(finished, capsys):
     assert before == ((run_dir / "best.keras").read_bytes(),
                       (run_dir / "metrics.json").read_bytes())
     # An override is refused as any other change.
-    message = _message(coco.main, ["--config", str(config_path), "--min-size", "48"])
+    message = one_line_error(coco.main, ["--config", str(config_path), "--min-size", "48"])
     assert "extras.min_size: 64 -> 48" in message
 
 
@@ -206,7 +200,7 @@ def test_a_run_folder_of_the_earlier_detection_loop_is_refused(shapes, tmp_path)
     run_dir = tmp_path / "run"
     with ownership.claim(run_dir, earlier):
         (run_dir / "final.keras").write_text("the earlier run's model")
-    message = _message(coco.main, _args(shapes, run_dir))
+    message = one_line_error(coco.main, _args(shapes, run_dir))
     assert message == (f"error: --run-dir: {run_dir} is a coco detection run folder, not a "
                        "detection one; use another folder.")
     assert (run_dir / "final.keras").read_text() == "the earlier run's model"

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 import training_helpers
+from training_helpers import one_line_error
 from psconv_tf.training import cli
 from psconv_tf.training import configs
 from psconv_tf.classification import small_data
@@ -36,13 +37,6 @@ BATCH, STEPS = 8, 3
 RECIPE = dataclasses.replace(configs.IMAGENET, epochs=1, batch_size=BATCH,
                              reference_batch_size=BATCH)
 
-
-def _message(main, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(main, argv)
-    message = str(exit_info.value.code)
-    assert "\n" not in message and "Traceback" not in message
-    return message
 
 
 def _trainer(run_dir, recipe=RECIPE, build=training_helpers.tiny_classifier, **options):
@@ -77,9 +71,9 @@ def _images(tmp_path, train=2, val=1):
 def test_a_tf_config_that_is_not_a_cluster_is_one_line(tmp_path, monkeypatch, tf_config,
                                                        message):
     monkeypatch.setenv("TF_CONFIG", tf_config)
-    assert _message(imagenet.main, imagenet_args(tmp_path, tmp_path / "run", "--strategy",
+    assert one_line_error(imagenet.main, imagenet_args(tmp_path, tmp_path / "run", "--strategy",
                                                  "auto")).startswith(message)
-    assert _message(cifar.main, ["--run-dir", str(tmp_path / "run"), "--strategy",
+    assert one_line_error(cifar.main, ["--run-dir", str(tmp_path / "run"), "--strategy",
                                  "multiworker"]).startswith(message)
 
 
@@ -96,7 +90,7 @@ def test_seeds_out_of_range_are_refused(tmp_path, capsys, script, seed):
 
 
 def test_seeds_past_the_range_are_refused(tmp_path):
-    message = _message(cifar.main, ["--seed", str(2**32 - 2), "--seeds", "3",
+    message = one_line_error(cifar.main, ["--seed", str(2**32 - 2), "--seeds", "3",
                                     "--run-dir", str(tmp_path / "run")])
     assert message == "error: --seeds: --seed 4294967294 with 3 seeds passes 4294967295."
 
@@ -110,7 +104,7 @@ def test_flat_cifar_images_cannot_be_standardized(tmp_path):
     for number in range(1, 6):
         with open(tmp_path / "data" / f"data_batch_{number}", "wb") as file:
             pickle.dump(zeros, file)
-    message = _message(cifar.main, ["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+    message = one_line_error(cifar.main, ["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
                                     "--run-dir", str(tmp_path / "run")])
     assert message == (f"error: --data-dir: every training image of cifar10 in "
                        f"{tmp_path / 'data'} has the same value (0) in channel 0 (standard "
@@ -121,7 +115,7 @@ def test_a_split_without_images_is_named(tmp_path):
     training_helpers.write_cifar10(str(tmp_path / "data"), 20, 4)
     with open(tmp_path / "data" / "test_batch", "wb") as file:
         pickle.dump({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, file)
-    message = _message(cifar.main, ["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+    message = one_line_error(cifar.main, ["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
                                     "--run-dir", str(tmp_path / "run")])
     assert message == (f"error: --data-dir: the test split of cifar10 in {tmp_path / 'data'} "
                        "has no images.")
@@ -160,7 +154,7 @@ def test_an_unreadable_class_folder_is_named_as_such(tmp_path, monkeypatch):
     monkeypatch.setattr(tf.io.gfile, "listdir", denied_listdir)
     monkeypatch.setattr(tf.io.gfile, "glob", lambda pattern: [] if pattern.startswith(locked)
                         else glob(pattern))
-    message = _message(imagenet.main, imagenet_args(data, tmp_path / "run"))
+    message = one_line_error(imagenet.main, imagenet_args(data, tmp_path / "run"))
     assert message == (f"error: --data-dir: class folder {locked} cannot be read "
                        "(Permission denied).")
 
@@ -187,14 +181,14 @@ def test_validation_images_that_all_fail_stop_the_run(tmp_path):
     data = _images(tmp_path)
     for path in (data / "val" / "cat").iterdir():
         path.write_bytes(b"not a JPEG")
-    message = _message(imagenet.main, imagenet_args(data, tmp_path / "run",
+    message = one_line_error(imagenet.main, imagenet_args(data, tmp_path / "run",
                                                      "--steps-per-epoch", 1))
     assert message == (
         "error: --data-dir: the validation data yielded no batch: all its images were skipped "
         f"as undecodable (1 skipped, listed in {tmp_path / 'run' / 'log.jsonl'}). Check the "
         "data.")
     assert not (tmp_path / "run" / "metrics.json").exists()
-    message = _message(imagenet.main, imagenet_args(data, tmp_path / "checked",
+    message = one_line_error(imagenet.main, imagenet_args(data, tmp_path / "checked",
                                                      "--check-images"))
     assert message == "error: --data-dir: no val image can be decoded (1 of 1 fail)."
 

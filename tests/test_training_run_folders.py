@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 import training_helpers
-from psconv_tf.training import cli
+from training_helpers import one_line_error
 from psconv_tf.training import configs
 from psconv_tf.runtime import ownership
 from psconv_tf.runtime import run_config
@@ -63,13 +63,6 @@ def _snapshot(folder):
     return found
 
 
-def _message(main, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(main, argv)
-    message = str(exit_info.value.code)
-    assert "\n" not in message and "Traceback" not in message
-    return message
-
 
 def _fit(run_dir, recipe=RECIPE, **options):
     keras.utils.set_random_seed(1)
@@ -97,15 +90,15 @@ def test_a_folder_of_other_files_is_refused_and_left_alone(tmp_path):
     expected = (f"error: --run-dir: {project} holds 7 files or folders and is not a run "
                 "folder of psconv-tf (it has no psconv_run.json); give a new or empty "
                 "folder, or pass --force-run-dir to add this run's files among them.")
-    assert _message(imagenet.main, imagenet_args(_images(tmp_path), project)) == expected
-    assert _message(cifar.main, ["--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar"),
+    assert one_line_error(imagenet.main, imagenet_args(_images(tmp_path), project)) == expected
+    assert one_line_error(cifar.main, ["--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar"),
                                  "--run-dir", str(project)]) == expected
-    assert _message(quick_run.main, ["--data-dir", str(tmp_path / "fashion"),
+    assert one_line_error(quick_run.main, ["--data-dir", str(tmp_path / "fashion"),
                                      "--run-dir", str(project)]) == expected
     assert _snapshot(project) == before
     # A run folder of another kind is refused as well.
     _fit(tmp_path / "classification")
-    message = _message(cifar.main, ["--dataset", "cifar10", "--data-dir",
+    message = one_line_error(cifar.main, ["--dataset", "cifar10", "--data-dir",
                                     str(tmp_path / "cifar"), "--run-dir",
                                     str(tmp_path / "classification")])
     assert message == (f"error: --run-dir: {tmp_path / 'classification'} is a classification "
@@ -142,7 +135,7 @@ def test_force_run_dir_adds_the_run_among_other_files(tmp_path, capsys):
     other = tmp_path / "other"
     _user_folder(other)
     (other / "config.json").write_text("the user's settings")
-    message = _message(imagenet.main, imagenet_args(data, other, "--force-run-dir"))
+    message = one_line_error(imagenet.main, imagenet_args(data, other, "--force-run-dir"))
     assert message == (f"error: --run-dir: {other / 'config.json'} exists and was not written "
                        "by a run; the run would replace it. Use another folder.")
     assert (other / "config.json").read_text() == "the user's settings"
@@ -301,6 +294,6 @@ def test_the_scripts_name_what_they_train(tmp_path, capsys):
     ("cifar_resnet20,cifar_resnet20", "error: --models: names cifar_resnet20 twice."),
 ])
 def test_quick_run_needs_models(tmp_path, models, message):
-    assert _message(quick_run.main, ["--models", models, "--run-dir",
+    assert one_line_error(quick_run.main, ["--models", models, "--run-dir",
                                      str(tmp_path / "run")]).startswith(message)
     assert not (tmp_path / "run").exists()

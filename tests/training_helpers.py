@@ -159,3 +159,16 @@ def imagenet_args(data_dir, run_dir, *extra):
         "--batch-size", 4, "--epochs", 1, "--run-dir", run_dir, "--strategy", "cpu",
         "--verbose", 0, *extra,
     )]
+
+
+def one_line_error(main, argv):
+    """The message a command line exits with: one line, no traceback."""
+    import pytest
+
+    from psconv_tf.training import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(main, argv)
+    message = str(exit_info.value.code)
+    assert "\n" not in message and "Traceback" not in message
+    return message
