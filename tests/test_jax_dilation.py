@@ -64,7 +64,8 @@ def test_values_and_gradients_match_native(data_format, rates, groups, size):
 
 GPU_ROUTE_SCRIPT = r"""
 import numpy as np, jax, keras
-from psconv_tf import PSConv2D, conv_ops
+from psconv_tf import PSConv2D
+from psconv_tf.engine import conv_ops
 
 def run(layer, x):
     weights = [v.value for v in layer.trainable_variables]

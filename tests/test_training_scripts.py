@@ -115,8 +115,9 @@ def test_killed_run_resumes_at_the_saved_step_and_epoch(tmp_path, signal_number)
     assert start["event"] == "start" and start["resumed"]
     assert (start["steps_done"], start["epoch"], start["step"]) == (saved, epoch, step)
     assert start["optimizer_iterations"] == saved
-    # The CIFAR recipe at batch 16: 0.1 * 16 / 128, divided by 10 at epochs 2 and 3 of 4.
-    drops = sum(saved >= decay_epoch * CIFAR_STEPS_PER_EPOCH for decay_epoch in (2, 3))
+    # The CIFAR recipe at batch 16: 0.1 * 16 / 128, divided by 10 once (n + 1) / 4 passes
+    # 0.49 and 0.74 (the reference code's rule): from epochs 1 and 2 (0-based) of 4.
+    drops = sum(saved >= decay_epoch * CIFAR_STEPS_PER_EPOCH for decay_epoch in (1, 2))
     np.testing.assert_allclose(start["learning_rate"], 0.1 * 16 / 128 * 0.1**drops, rtol=1e-6)
     epoch_records = [record for record in log if record["event"] == "epoch"]
     assert [record["completed_epoch"] for record in epoch_records] == list(range(epoch, epochs))

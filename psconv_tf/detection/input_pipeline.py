@@ -55,6 +55,12 @@ class InputConfig:
         if self.size_divisor <= 0:
             raise ValueError(f"size_divisor must be positive. Received: {self.size_divisor}")
 
+    @property
+    def largest_side(self):
+        """The largest padded side a batch can have: max_size rounded up to
+        a multiple of size_divisor (the run's recorded image size)."""
+        return -(-self.max_size // self.size_divisor) * self.size_divisor
+
 
 def coco_examples(data, labels_of=None):
     """A dataset of raw examples {image (uint8), boxes, labels, image_id,
