@@ -5,7 +5,7 @@ the other on the same seeded subset of Fashion-MNIST's training set (24,000
 of 60,000 images) with the same recipe (configs.QUICK: the CIFAR recipe cut
 to one epoch at batch 32, with a warm-up and a cosine decay), evaluates both
 on the whole test set (10,000 images) and prints their accuracies side by
-side. It takes about five minutes on a 2-core CPU and needs no network.
+side. It takes about four minutes on a 2-core CPU and needs no network.
 
 The 28 x 28 x 1 images go to the models as they are: the CIFAR ResNets have
 no fixed input size (their stages run at 28, 14 and 7 pixels here), so
