@@ -72,8 +72,7 @@ def main():
                 f"{result[('reads only', mode)] / base:.2f}x |")
             print(lines[-1], flush=True)
     if args.write_docs:
-        report.write_section("layer_breakdown", report.describe("benchmarks.layer_breakdown")
-                             + "\n\n" + "\n".join(lines))
+        report.write_table("layer_breakdown", "benchmarks.layer_breakdown", lines)
 
 
 if __name__ == "__main__":

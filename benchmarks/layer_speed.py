@@ -141,9 +141,7 @@ def main():
                 print(lines[-1], flush=True)
     if args.write_docs:
         section = f"layer_speed-{keras.backend.backend()}" + ("-quick" if args.quick else "")
-        report.write_section(section,
-                             report.describe("benchmarks.layer_speed") + "\n\n"
-                             + "\n".join(lines))
+        report.write_table(section, "benchmarks.layer_speed", lines)
 
 
 if __name__ == "__main__":

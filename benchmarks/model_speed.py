@@ -79,9 +79,7 @@ def main():
         print(lines[-1], flush=True)
     if args.write_docs:
         section = f"model_speed-{keras.backend.backend()}" + ("-quick" if args.quick else "")
-        report.write_section(section,
-                             report.describe("benchmarks.model_speed") + "\n\n"
-                             + "\n".join(lines))
+        report.write_table(section, "benchmarks.model_speed", lines)
 
 
 if __name__ == "__main__":

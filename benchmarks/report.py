@@ -69,3 +69,9 @@ def write_section(name, body, path=DOCS):
     """Replaces section `name` of the page at `path` with `body`, atomically."""
     doc_sections.write_section(path, name, body)
     print(f"wrote the table to {path} ({markers(name)[0]})")
+
+
+def write_table(name, module, lines, path=DOCS):
+    """Writes section `name`: how `module` ran (`describe`), then the table
+    `lines` exactly as the benchmark printed them."""
+    write_section(name, describe(module) + "\n\n" + "\n".join(lines), path)

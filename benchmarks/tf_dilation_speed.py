@@ -121,9 +121,7 @@ def main():
                      + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     if args.write_docs:
-        report.write_section("tf_dilation_speed",
-                             report.describe("benchmarks.tf_dilation_speed") + "\n\n"
-                             + "\n".join(lines))
+        report.write_table("tf_dilation_speed", "benchmarks.tf_dilation_speed", lines)
 
 
 if __name__ == "__main__":

@@ -100,8 +100,7 @@ def main():
         lines.append(f"| {thread_count} | {standard:.1f} | {ps:.1f} | {ps / standard:.2f}x |")
         print(lines[-1], flush=True)
     if args.write_docs:
-        report.write_section("tflite_latency", report.describe("benchmarks.tflite_latency")
-                             + "\n\n" + "\n".join(lines))
+        report.write_table("tflite_latency", "benchmarks.tflite_latency", lines)
 
 
 if __name__ == "__main__":

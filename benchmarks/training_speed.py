@@ -166,8 +166,7 @@ def main():
                          f"{pipelines['guarded'] / pipelines['plain']:.2f}x |")
             print(lines[-1], flush=True)
     if args.write_docs:
-        report.write_section("training_speed", report.describe("benchmarks.training_speed")
-                             + "\n\n" + "\n".join(lines))
+        report.write_table("training_speed", "benchmarks.training_speed", lines)
 
 
 if __name__ == "__main__":
