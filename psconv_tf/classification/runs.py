@@ -140,9 +140,7 @@ def imagenet_config(model, model_kwargs, train_source, image_size, recipe, datas
         steps_per_epoch=steps_per_epoch(
             train_source.num_examples, recipe.batch_size, fixed_steps_per_epoch),
         seed=seed,
-        precision=options.precision,
-        jit_compile=options.jit_compile,
-        replicas=strategy.num_replicas_in_sync,
+        **options.config_fields(strategy),
         script=script,
         arguments=arguments,
     )
@@ -194,9 +192,7 @@ def small_image_config(model, model_kwargs, data, recipe, seed, strategy, option
         train_examples=len(data.train[0]),
         steps_per_epoch=steps_per_epoch(len(data.train[0]), recipe.batch_size),
         seed=seed,
-        precision=options.precision,
-        jit_compile=options.jit_compile,
-        replicas=strategy.num_replicas_in_sync,
+        **options.config_fields(strategy),
         script=script,
         arguments=arguments,
     )

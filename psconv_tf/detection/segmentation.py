@@ -197,8 +197,7 @@ def main(argv=None):
                                     input_pipeline.IMAGENET_STDDEV_RGB),
         class_names=("background", *synthetic.CLASSES), train_examples=train_examples,
         steps_per_epoch=max(1, train_examples // recipe.batch_size), seed=args.seed,
-        precision=options.precision, jit_compile=options.jit_compile,
-        replicas=strategy.num_replicas_in_sync, script=SCRIPT,
+        **options.config_fields(strategy), script=SCRIPT,
         arguments=cli.replay_arguments(args),
     )
     keras.utils.set_random_seed(args.seed)

@@ -41,6 +41,12 @@ class RunOptions:
     force_run_dir: bool = False
     autotune: bool = True
 
+    def config_fields(self, strategy):
+        """What a run's config.json records of how it executes under
+        `strategy`: the `RunConfig` fields precision, jit_compile, replicas."""
+        return dict(precision=self.precision, jit_compile=self.jit_compile,
+                    replicas=strategy.num_replicas_in_sync)
+
     def __post_init__(self):
         for name in ("backup_every", "steps_per_loop", "log_every"):
             value = getattr(self, name)
