@@ -10,6 +10,7 @@ from psconv_tf.classification import runs
 from psconv_tf.classification import small_data
 from psconv_tf.runtime.errors import InputError
 from psconv_tf.training import configs
+from psconv_tf.training.run_options import RunOptions
 
 pytestmark = pytest.mark.tensorflow
 
@@ -26,7 +27,7 @@ def _config(data, batch_size):
     return runs.small_image_config(
         "cifar_resnet20", {}, data, recipe, seed=0,
         strategy=types.SimpleNamespace(num_replicas_in_sync=1),
-        options=types.SimpleNamespace(precision="float32", jit_compile=False),
+        options=RunOptions(run_dir="unused", precision="float32", jit_compile=False),
         script="cifar", arguments={})
 
 
