@@ -86,6 +86,8 @@ def test_tune_names_what_it_cannot_use(tuner):
         tune(_model(), tf.data.Dataset.from_tensor_slices(_data()).take(0))
     with pytest.raises(ValueError, match="got int"):
         tune(_model(), 3)
+    with pytest.raises(ValueError, match="got str"):
+        tune(_model(), "images/")
 
 
 def _fit(run_dir, **options):

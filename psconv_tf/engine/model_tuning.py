@@ -45,6 +45,8 @@ def _first_inputs(data):
     element of a dataset or other iterable."""
     if hasattr(data, "shape") or isinstance(data, dict):
         return data
+    if isinstance(data, (str, bytes)):  # iterable, but never a batch
+        raise ValueError(f"tune: `data` must be a batch or a dataset; got {type(data).__name__}.")
     if isinstance(data, (tuple, list)):
         return data[0] if 2 <= len(data) <= 3 else data
     try:
